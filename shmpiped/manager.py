@@ -1,0 +1,869 @@
+"""PipelineManager: the lifecycle of one pipeline in this process.
+
+``build()`` validates the configuration, takes ownership of the namespace,
+removes stale segments a crashed owner left behind and builds every stream;
+``start()`` spawns one worker process per kernel and starts the source and
+sink threads; ``pause()``/``resume()``/``stop()``/``shutdown()``/``restart()``
+and ``add_kernel()`` follow shmpipeline's state machine (spec section 2),
+minus the quirks of its section 13.
+
+The manager never blocks on a worker: workers report through their telemetry
+records, which ``status()`` reads, and their exit is seen with a non-blocking
+``poll()``.  Every path out (an exception in ``build``/``start``, Ctrl-C, a
+crash of a worker) leaves no worker running and, after ``shutdown()``, no
+segment of ours in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from enum import Enum
+
+import numpy as np
+
+from . import health
+from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
+from .errors import (
+    ConfigValidationError,
+    SharedMemoryError,
+    StateTransitionError,
+    WorkerProcessError,
+)
+from .graph import PipelineGraph
+from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpus
+from .shm import layout
+from .shm.stream import Stream, segment_is_stale
+from .shm.telemetry import NamespaceBlock
+from .worker import WorkerSpec
+
+log = logging.getLogger("shmpiped.manager")
+
+EVENTS_MAXLEN = 256
+
+
+class PipelineState(str, Enum):
+    INITIALIZED = "initialized"
+    BUILT = "built"
+    RUNNING = "running"
+    PAUSED = "paused"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class WorkerHandle:
+    """The manager's side of one spawned worker."""
+
+    def __init__(self, config: KernelConfig, index: int, record_index: int, cpu_slot: int | None):
+        self.config = config
+        self.index = index
+        self.record_index = record_index
+        self.cpu_slot = cpu_slot
+        self.spawn_token = 0
+        self.process: subprocess.Popen | None = None
+        self.started_at: float | None = None
+        self.stopping = False
+        self.restarts = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+
+def _exit_description(code: int) -> str:
+    if code < 0:
+        try:
+            return f"worker was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker was killed by signal {-code}"
+    return f"worker exited with code {code}"
+
+
+class PipelineManager:
+    """Builds, runs and observes one pipeline (shmpipeline's API, made observable)."""
+
+    def __init__(
+        self,
+        config,
+        *,
+        spawn_method: str = "spawn",
+        placement_policy: PlacementPolicy | None = None,
+        registry=None,
+        worker_start_timeout: float = 10.0,
+        config_base_path=None,
+        slots: int = layout.DEFAULT_SLOTS,
+        wait_strategy: str = "futex",
+        telemetry: bool = True,
+    ):
+        if isinstance(config, (str, os.PathLike)):
+            config = PipelineConfig.from_yaml(config)
+        elif not isinstance(config, PipelineConfig):
+            config = PipelineConfig.from_dict(config, base_path=config_base_path)
+        self.config: PipelineConfig = config
+        self.spawn_method = spawn_method  # accepted for compatibility: workers are always fresh interpreters
+        self.placement_policy = placement_policy or RoundRobinPlacementPolicy()
+        self._explicit_registry = registry
+        self.worker_start_timeout = float(worker_start_timeout)
+        self.slots = int(slots)
+        self.wait_strategy = wait_strategy
+        self.telemetry = telemetry
+        self._state = PipelineState.INITIALIZED
+        self._lock = threading.RLock()
+        self._block: NamespaceBlock | None = None
+        self.streams: dict[str, Stream] = {}
+        self.owned_streams: set[str] = set()
+        self.workers: dict[str, WorkerHandle] = {}
+        self.kernel_configs: dict[str, KernelConfig] = {k.name: k for k in config.kernels}
+        self._record_indices: dict[str, int] = {}
+        self._failures: list[dict] = []
+        self._events: collections.deque = collections.deque(maxlen=EVENTS_MAXLEN)
+        self._last_metrics: dict[str, dict] = {}
+        self._restart_counts: dict[str, int] = collections.Counter()
+        self._pause_event = threading.Event()
+        self._sources: dict = {}
+        self._sinks: dict = {}
+        self._synthetic: dict = {}
+        self._endpoint_failures_seen: set[str] = set()
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def state(self) -> PipelineState:
+        return self._state
+
+    @property
+    def namespace(self) -> str:
+        return self.config.namespace or layout.DEFAULT_NAMESPACE
+
+    @property
+    def registry(self):
+        if self._explicit_registry is not None:
+            return self._explicit_registry
+        from .kernels.registry import default_registry
+
+        return default_registry()
+
+    @property
+    def graph(self) -> PipelineGraph:
+        return PipelineGraph(self.config)
+
+    def __enter__(self) -> "PipelineManager":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown(force=True)
+
+    def _set_state(self, new: PipelineState, reason: str) -> None:
+        old = self._state
+        if old == new:
+            return
+        self._state = new
+        log.info("state transition: %s -> %s (%s)", old.value, new.value, reason)
+        self._event("state_changed", previous=old.value, state=new.value, reason=reason)
+
+    def _event(self, kind: str, **fields) -> None:
+        self._events.append({"time": time.time(), "type": kind, **fields})
+
+    def _require(self, action: str, *allowed: PipelineState) -> None:
+        if self._state not in allowed:
+            raise StateTransitionError(f"cannot {action} pipeline while state is '{self._state.value}'")
+
+    # ------------------------------------------------------------------ build
+    def build(self) -> "PipelineManager":
+        with self._lock:
+            self._require("build", PipelineState.INITIALIZED, PipelineState.STOPPED)
+            self._events.clear()
+            self._failures.clear()
+            self._last_metrics.clear()
+            log.info("validating pipeline config")
+            from .validation import validate_pipeline_config
+
+            errors = validate_pipeline_config(self.config, self.registry)
+            if errors:
+                raise ConfigValidationError(errors[0], errors=errors)
+            block = NamespaceBlock.acquire(self.config.namespace)
+            created: list[Stream] = []
+            opened: list[Stream] = []
+            try:
+                removed = remove_stale_segments(self.namespace)
+                if removed:
+                    log.warning("removed %d stale segment(s) of namespace %r: %s",
+                                len(removed), self.namespace, ", ".join(removed))
+                    self._event("stale_segments_removed", segments=removed)
+                notify = self._default_notify()
+                for spec in self.config.shared_memory:
+                    stream, was_created = self._build_stream(spec, notify.get(spec.name, False))
+                    (created if was_created else opened).append(stream)
+                for spec in self.config.shared_memory:
+                    if spec.initial is not None:
+                        stream = next(s for s in created + opened if s.name == spec.name)
+                        write_initial_value(stream, spec, self.config)
+            except BaseException:
+                for stream in created:
+                    stream.close()
+                    stream.unlink()
+                for stream in opened:
+                    stream.close()
+                block.close(unlink=True)
+                raise
+            self._block = block
+            self.streams = {s.name: s for s in created + opened}
+            self.owned_streams = {s.name for s in created}
+            self.kernel_configs = {k.name: k for k in self.config.kernels}
+            self._set_state(PipelineState.BUILT, "streams built")
+            return self
+
+    def _default_notify(self) -> dict[str, bool]:
+        triggered = {name for k in self.config.kernels for name in k.inputs}
+        triggered |= {s.stream for s in self.config.sinks}
+        return {
+            spec.name: spec.notify if spec.notify is not None else spec.name in triggered
+            for spec in self.config.shared_memory
+        }
+
+    def _build_stream(self, spec: SharedMemoryConfig, notify: bool) -> tuple[Stream, bool]:
+        """Open or create one stream according to its mode; (stream, created)."""
+        where = lambda message: self.config.locate(message, spec)  # noqa: E731
+        resource = layout.stream_segment_name(self.namespace, spec.name)
+        for _attempt in range(3):
+            existing = self._open_existing(spec.name, resource)
+            if existing is not None:
+                if spec.mode == "create":
+                    existing.close()
+                    raise SharedMemoryError(17, where(
+                        f"shared memory '{spec.name}' already exists and its mode is 'create'"))
+                if spec.mode != "replace" and stream_matches(existing, spec):
+                    return existing, False
+                if spec.mode == "attach":
+                    existing.close()
+                    raise ConfigValidationError(where(
+                        f"existing shared memory '{spec.name}' does not match the requested attach "
+                        f"configuration (it has shape {existing.shape} and dtype {existing.dtype.name})"))
+                existing.close()
+                unlink_segment(resource)
+            elif spec.mode == "attach":
+                raise FileNotFoundError(where(f"shared memory stream '{spec.name}' does not exist"))
+            try:
+                return Stream.create(
+                    spec.name, spec.shape, spec.dtype, namespace=self.namespace, slots=self.slots,
+                    notify=notify, storage=spec.storage, gpu_device=spec.gpu_device,
+                ), True
+            except FileExistsError:
+                continue  # created concurrently: look again
+        raise SharedMemoryError(17, where(f"could not create shared memory '{spec.name}': name keeps being taken"))
+
+    def _open_existing(self, name: str, resource: str) -> Stream | None:
+        if segment_is_stale(resource):
+            log.warning("removing stale segment %s (its creator is gone)", resource)
+            unlink_segment(resource)
+            return None
+        try:
+            return Stream.attach(name, self.namespace)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("replacing unreadable segment %s: %s", resource, exc)
+            unlink_segment(resource)
+            return None
+
+    # ------------------------------------------------------------------ start / stop
+    def start(self) -> "PipelineManager":
+        with self._lock:
+            self.poll_events()
+            self._require("start", PipelineState.BUILT)
+            self._failures.clear()
+            self._last_metrics.clear()
+            self._pause_event.clear()
+            self._block.set_paused(False)
+            try:
+                self._start_sinks()
+                for index, kernel in enumerate(self.config.kernels):
+                    self._spawn(kernel, index)
+                self._wait_started(list(self.workers.values()), self.worker_start_timeout)
+                self._start_sources()
+            except BaseException:
+                self._stop_all(timeout=1.0, force=True)
+                self._failures.clear()
+                raise
+            self._set_state(PipelineState.RUNNING, "workers started")
+            return self
+
+    def _record_index(self, name: str) -> int:
+        if name not in self._record_indices:
+            used = set(self._record_indices.values())
+            free = next((i for i in range(layout.REC_CAPACITY) if i not in used), None)
+            if free is None:
+                raise WorkerProcessError(f"a namespace holds at most {layout.REC_CAPACITY} workers")
+            self._record_indices[name] = free
+        return self._record_indices[name]
+
+    def _spawn(self, kernel: KernelConfig, index: int) -> WorkerHandle:
+        cpus = available_cpus()
+        cpu_slot = self.placement_policy.cpu_slot_for(kernel=kernel, index=index, cpu_count=len(cpus))
+        handle = WorkerHandle(kernel, index, self._record_index(kernel.name), cpu_slot)
+        previous = self.workers.get(kernel.name)
+        if previous is not None:
+            handle.restarts = previous.restarts
+        handle.spawn_token = secrets.randbits(63) or 1
+        self._block.reset_record(handle.record_index, kernel.name, handle.spawn_token)
+        shared = {name: self.config.stream(name) for name in (*kernel.all_inputs, *kernel.all_outputs)}
+        spec = WorkerSpec(
+            kernel=kernel,
+            shared_memory=shared,
+            namespace=self.namespace,
+            record_index=handle.record_index,
+            spawn_token=handle.spawn_token,
+            cpu_slot=cpu_slot,
+            config_base_dir=str(self.config.base_path),
+            parent_pid=os.getpid(),
+            registry=self._explicit_registry,
+            wait_strategy=self.wait_strategy,
+            telemetry=self.telemetry,
+        )
+        payload = pickle.dumps(spec)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shmpiped.worker", kernel.name],
+            stdin=subprocess.PIPE,
+            close_fds=True,
+        )
+        try:
+            process.stdin.write(payload)
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at once: poll_events will report why
+        handle.process = process
+        self.workers[kernel.name] = handle
+        self._event("worker_spawned", kernel=kernel.name, pid=process.pid, cpu_slot=cpu_slot)
+        return handle
+
+    def _wait_started(self, handles: list[WorkerHandle], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {h.name: h for h in handles}
+        while pending:
+            for name, handle in list(pending.items()):
+                snap = self._block.snapshot(handle.record_index)
+                if (snap is not None and snap.spawn_token == handle.spawn_token
+                        and snap.state in (layout.WS_RUNNING, layout.WS_PAUSED)):
+                    handle.started_at = time.time()
+                    self._event("worker_started", kernel=name, pid=handle.pid, cpu_slot=handle.cpu_slot)
+                    del pending[name]
+                elif not handle.alive:
+                    self._collect_worker_failure(handle)
+                    self.raise_if_failed()
+                    raise WorkerProcessError(f"worker {name!r} exited during start")
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                raise WorkerProcessError(f"timed out waiting for workers to start: {', '.join(sorted(pending))}")
+            time.sleep(0.005)
+
+    def pause(self) -> None:
+        with self._lock:
+            self.poll_events()
+            self._require("pause", PipelineState.RUNNING)
+            self._block.set_paused(True)
+            self._pause_event.set()
+            self._set_state(PipelineState.PAUSED, "pause requested")
+
+    def resume(self) -> None:
+        with self._lock:
+            self.poll_events()
+            self._require("resume", PipelineState.PAUSED)
+            self._block.set_paused(False)
+            self._pause_event.clear()
+            self._set_state(PipelineState.RUNNING, "resume requested")
+
+    def stop(self, timeout: float = 5.0, force: bool = False) -> None:
+        with self._lock:
+            self.poll_events()
+            if self._state == PipelineState.BUILT:
+                return
+            self._require("stop", PipelineState.RUNNING, PipelineState.PAUSED, PipelineState.FAILED)
+            self._stop_all(timeout=timeout, force=force)
+            self._set_state(PipelineState.BUILT, "stop requested")
+
+    def _stop_all(self, timeout: float, force: bool) -> None:
+        for controller in self._sources.values():
+            controller.stop(timeout)
+        self._collect_endpoint_failures()
+        self._sources.clear()
+        self._stop_workers(list(self.workers.values()), timeout, force)
+        self.workers.clear()
+        for controller in self._sinks.values():
+            controller.stop(timeout)
+        self._collect_endpoint_failures()
+        self._sinks.clear()
+        self._pause_event.clear()
+        if self._block is not None:
+            self._block.set_paused(False)
+
+    def _stop_workers(self, handles: list[WorkerHandle], timeout: float, force: bool) -> None:
+        """Ask each worker to stop, wake it, then terminate/kill what is left."""
+        for handle in handles:
+            handle.stopping = True
+            if self._block is not None:
+                self._block.request_stop(handle.record_index)
+            for name in handle.config.inputs:
+                stream = self.streams.get(name)
+                if stream is not None and not stream.closed:
+                    stream.wake_all()
+        deadline = time.monotonic() + timeout
+        for handle in handles:
+            if handle.process is None:
+                continue
+            try:
+                handle.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                (handle.process.kill if force else handle.process.terminate)()
+                try:
+                    handle.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    handle.process.kill()
+                    handle.process.wait()
+            self._remember_metrics(handle)
+            self._event("worker_stopped", kernel=handle.name, pid=handle.pid,
+                        exitcode=handle.process.returncode)
+
+    def shutdown(self, unlink: bool = True, unlink_external: bool = False, force: bool = False) -> None:
+        with self._lock:
+            self.stop_all_synthetic_inputs()
+            if self._state in (PipelineState.RUNNING, PipelineState.PAUSED, PipelineState.FAILED):
+                self._stop_all(timeout=5.0, force=force)
+            for name, stream in list(self.streams.items()):
+                remove = unlink and (unlink_external or name in self.owned_streams)
+                if not remove and name in self.owned_streams and not stream.closed:
+                    stream.mark_kept()
+                stream.close()
+                if remove:
+                    stream.unlink()
+            self.streams.clear()
+            self.owned_streams.clear()
+            if self._block is not None:
+                self._block.close(unlink=True)
+                self._block = None
+            self._set_state(PipelineState.STOPPED, "shutdown")
+
+    # ------------------------------------------------------------------ restart / add_kernel
+    def restart(self, timeout: float | None = None) -> None:
+        with self._lock:
+            self.poll_events()
+            self._require("restart workers", PipelineState.RUNNING, PipelineState.PAUSED, PipelineState.FAILED)
+            names = [n for n in self.workers if not self.workers[n].alive]
+            names += [f["kernel"] for f in self._failures
+                      if f.get("component_type", "worker") == "worker" and f["kernel"] not in names]
+            if not names:
+                log.info("restart: every worker is healthy, nothing to do")
+                return
+            handles = []
+            for name in names:
+                old = self.workers.get(name)
+                if old is not None:
+                    self._stop_workers([old], timeout=1.0, force=True)
+                self._failures = [f for f in self._failures if f.get("kernel") != name]
+                config = self.kernel_configs[name]
+                index = next(i for i, k in enumerate(self.config.kernels) if k.name == name)
+                handle = self._spawn(config, index)
+                handle.restarts += 1
+                self._restart_counts[name] += 1
+                self._event("worker_restarted", kernel=name, pid=handle.pid, restarts=handle.restarts)
+                handles.append(handle)
+            self._wait_started(handles, timeout if timeout is not None else self.worker_start_timeout)
+            if self._state == PipelineState.FAILED and not self._failures:
+                paused = self._pause_event.is_set()
+                self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, "workers restarted")
+
+    def replace_kernel_config(self, kernel: KernelConfig) -> None:
+        """Use ``kernel`` (same name) the next time that worker is (re)started."""
+        with self._lock:
+            if kernel.name not in self.kernel_configs:
+                raise KeyError(kernel.name)
+            self.kernel_configs[kernel.name] = kernel
+            self.config = self.config.replace(
+                kernels=tuple(kernel if k.name == kernel.name else k for k in self.config.kernels))
+
+    def add_kernel(self, kernel, *, shared_memory=(), timeout: float | None = None) -> dict:
+        with self._lock:
+            self.poll_events()
+            if self._state not in (PipelineState.RUNNING, PipelineState.PAUSED):
+                raise StateTransitionError(
+                    f"add_kernel requires a RUNNING or PAUSED pipeline; current state is '{self._state.value}'")
+            candidate = self._candidate_with(kernel, shared_memory)
+            kernel = candidate.kernels[-1]
+            new_specs = candidate.shared_memory[len(self.config.shared_memory):]
+            from .validation import validate_pipeline_config
+
+            errors = validate_pipeline_config(candidate, self.registry)
+            if errors:
+                raise ConfigValidationError(errors[0], errors=errors)
+            previous = self.config
+            created: list[Stream] = []
+            try:
+                triggered = {n for k in candidate.kernels for n in k.inputs} | {s.stream for s in candidate.sinks}
+                for spec in new_specs:
+                    notify = spec.notify if spec.notify is not None else spec.name in triggered
+                    stream, was_created = self._build_stream(spec, notify)
+                    self.streams[spec.name] = stream
+                    if was_created:
+                        created.append(stream)
+                        self.owned_streams.add(spec.name)
+                    if spec.initial is not None:
+                        write_initial_value(stream, spec, candidate)
+                self.config = candidate
+                self.kernel_configs[kernel.name] = kernel
+                handle = self._spawn(kernel, len(candidate.kernels) - 1)
+                self._wait_started([handle], timeout if timeout is not None else self.worker_start_timeout)
+            except BaseException:
+                handle = self.workers.pop(kernel.name, None)
+                if handle is not None:
+                    self._stop_workers([handle], timeout=1.0, force=True)
+                self._failures = [f for f in self._failures if f.get("kernel") != kernel.name]
+                self.kernel_configs.pop(kernel.name, None)
+                self._record_indices.pop(kernel.name, None)
+                for spec in new_specs:
+                    stream = self.streams.pop(spec.name, None)
+                    if stream is not None:
+                        stream.close()
+                        if spec.name in self.owned_streams:
+                            stream.unlink()
+                            self.owned_streams.discard(spec.name)
+                self.config = previous
+                raise
+            self._event("kernel_added", kernel=kernel.name)
+            return self.status()
+
+    def _candidate_with(self, kernel, shared_memory) -> PipelineConfig:
+        names = {k.name for k in self.config.kernels} | {s.name for s in self.config.sources} | {
+            s.name for s in self.config.sinks}
+        kernel_dict = kernel.to_dict() if isinstance(kernel, KernelConfig) else dict(kernel)
+        if kernel_dict.get("name") in names:
+            raise ConfigValidationError(f"pipeline node '{kernel_dict.get('name')}' already exists")
+        stream_dicts = [s.to_dict() if isinstance(s, SharedMemoryConfig) else dict(s) for s in shared_memory]
+        for item in stream_dicts:
+            if item.get("name") in self.streams:
+                raise ConfigValidationError(f"shared memory '{item.get('name')}' already exists")
+        document = self.config.to_dict()
+        document["shared_memory"] = list(document["shared_memory"]) + stream_dicts
+        document["kernels"] = list(document.get("kernels", [])) + [kernel_dict]
+        candidate = PipelineConfig.from_dict(document, base_path=self.config.base_path)
+        return candidate.replace(source_path=self.config.source_path)
+
+    # ------------------------------------------------------------------ streams
+    def get_stream(self, name: str) -> Stream:
+        try:
+            return self.streams[name]
+        except KeyError:
+            raise KeyError(f"unknown shared memory stream: {name!r}") from None
+
+    # ------------------------------------------------------------------ failures and events
+    def poll_events(self) -> list[dict]:
+        """Notice dead workers and failed endpoints; returns the new failure records."""
+        with self._lock:
+            before = len(self._failures)
+            for handle in list(self.workers.values()):
+                if not handle.stopping and handle.process is not None and handle.process.poll() is not None:
+                    self._collect_worker_failure(handle)
+            self._collect_endpoint_failures()
+            if self._failures and self._state in (PipelineState.RUNNING, PipelineState.PAUSED):
+                first = self._failures[0]
+                self._set_state(PipelineState.FAILED,
+                                f"{first.get('component_type', 'worker')} {first['kernel']!r} failed")
+            return self._failures[before:]
+
+    def _collect_worker_failure(self, handle: WorkerHandle) -> None:
+        if any(f.get("kernel") == handle.name for f in self._failures):
+            return
+        code = handle.process.poll()
+        snap = self._block.snapshot(handle.record_index) if self._block is not None else None
+        error_text = snap.error if snap is not None and snap.spawn_token == handle.spawn_token else ""
+        if error_text:
+            first_line, _, trace = error_text.partition("\n")
+            error = first_line
+        else:
+            error, trace = (_exit_description(code) if code else "worker exited without being asked to stop"), None
+        self._remember_metrics(handle)
+        record = {
+            "type": "worker_failed",
+            "component_type": "worker",
+            "kernel": handle.name,
+            "time": time.time(),
+            "pid": handle.pid,
+            "cpu_slot": handle.cpu_slot,
+            "exit_code": code if code is not None and code >= 0 else None,
+            "signal": signal.Signals(-code).name if code is not None and code < 0 else None,
+            "error": error,
+            "traceback": trace,
+        }
+        self._failures.append(record)
+        self._event("worker_failed", kernel=handle.name, pid=handle.pid, error=error)
+        log.error("worker %r failed: %s", handle.name, error)
+
+    def _collect_endpoint_failures(self) -> None:
+        for controller in (*self._sources.values(), *self._sinks.values()):
+            failure = getattr(controller, "failure", None)
+            if failure and failure["kernel"] not in self._endpoint_failures_seen:
+                self._endpoint_failures_seen.add(failure["kernel"])
+                self._failures.append(dict(failure))
+                self._event(failure["type"], kernel=failure["kernel"], error=failure.get("error"))
+
+    @property
+    def failures(self) -> tuple[dict, ...]:
+        self.poll_events()
+        return tuple(dict(f) for f in self._failures)
+
+    @property
+    def events(self) -> tuple[dict, ...]:
+        self.poll_events()
+        return tuple(self._events)
+
+    def raise_if_failed(self) -> None:
+        self.poll_events()
+        if self._failures:
+            first = self._failures[0]
+            raise WorkerProcessError(
+                f"{first.get('component_type', 'worker')} {first['kernel']!r} failed: {first['error']}")
+
+    # ------------------------------------------------------------------ status
+    def _remember_metrics(self, handle: WorkerHandle) -> None:
+        if self._block is None:
+            return
+        snap = self._block.snapshot(handle.record_index)
+        if snap is not None and snap.spawn_token == handle.spawn_token and snap.frames:
+            self._last_metrics[handle.name] = {
+                "pid": handle.pid, "cpu_slot": handle.cpu_slot,
+                **health.worker_metrics(snap, time.monotonic_ns()),
+            }
+
+    def worker_status(self, handle: WorkerHandle, now_ns: int) -> dict:
+        snap = self._block.snapshot(handle.record_index) if self._block is not None else None
+        if snap is not None and snap.spawn_token != handle.spawn_token:
+            snap = None
+        failed = any(f.get("kernel") == handle.name for f in self._failures)
+        alive = handle.alive
+        idle_s, age_s = health.idle_and_age(snap, now_ns)
+        state = health.derive_health(
+            failed=failed, alive=alive, paused=self._state == PipelineState.PAUSED, snapshot=snap,
+            running=self._state == PipelineState.RUNNING, idle_s=idle_s,
+            read_timeout=handle.config.read_timeout,
+        )
+        if state == "stopped" or state == "starting":
+            idle_s = age_s = None
+        entry = {
+            "pid": handle.pid,
+            "alive": alive,
+            "exitcode": handle.exitcode,
+            "cpu_slot": handle.cpu_slot,
+            "health": state,
+            "idle_s": idle_s,
+            "last_metric_age_s": age_s,
+            "restarts": self._restart_counts[handle.name],
+        }
+        if snap is not None and snap.frames:
+            metrics = {"pid": handle.pid, "cpu_slot": handle.cpu_slot, **health.worker_metrics(snap, now_ns)}
+            self._last_metrics[handle.name] = metrics
+            entry.update(metrics)
+        return entry
+
+    def status(self, poll: bool = True) -> dict:
+        with self._lock:
+            if poll:
+                self.poll_events()
+            now_ns = time.monotonic_ns()
+            workers = {name: self.worker_status(h, now_ns) for name, h in self.workers.items()}
+            sources = {name: c.snapshot() for name, c in self._sources.items()}
+            sinks = {name: c.snapshot() for name, c in self._sinks.items()}
+            count = collections.Counter(w["health"] for w in workers.values())
+            summary = {
+                "workers_total": len(workers),
+                "active_workers": count["active"],
+                "idle_workers": count["idle"],
+                "paused_workers": count["paused"],
+                "failed_workers": count["failed"],
+                "stopped_workers": count["stopped"],
+                "waiting_workers": count["waiting-input"] + count["starting"],
+                "sources_total": len(sources),
+                "active_sources": sum(1 for s in sources.values() if not s.get("last_error") and s.get("alive")),
+                "failed_sources": sum(1 for s in sources.values() if s.get("last_error")),
+                "sinks_total": len(sinks),
+                "active_sinks": sum(1 for s in sinks.values() if not s.get("last_error") and s.get("alive")),
+                "failed_sinks": sum(1 for s in sinks.values() if s.get("last_error")),
+            }
+            return {
+                "state": self._state.value,
+                "namespace": self.namespace,
+                "workers": workers,
+                "sources": sources,
+                "sinks": sinks,
+                "failures": [dict(f) for f in self._failures],
+                "metrics": {k: dict(v) for k, v in self._last_metrics.items()},
+                "synthetic_sources": self.synthetic_input_status(),
+                "placement_policy": self.placement_policy.describe(),
+                "summary": summary,
+            }
+
+    def runtime_snapshot(self, poll: bool = True) -> dict:
+        status = self.status(poll=poll)
+        return {"timestamp": time.time(), **status, "graph": self.graph.to_dict()}
+
+    # ------------------------------------------------------------------ sources, sinks, synthetic
+    def _start_sinks(self) -> None:
+        from .endpoints import SinkController
+
+        for config in self.config.sinks:
+            streams = {name: self.streams[name] for name in (config.stream, *config.outputs)}
+            auxiliary = {b.alias: self.streams[b.name] for b in config.auxiliary}
+            plugin = self.registry.create_sink(config, self.config.streams_by_name, auxiliary,
+                                               config_base_dir=str(self.config.base_path))
+            controller = SinkController(config, plugin, streams, self._pause_event)
+            self._sinks[config.name] = controller
+            controller.start()
+
+    def _start_sources(self) -> None:
+        from .endpoints import SourceController
+
+        for config in self.config.sources:
+            streams = {name: self.streams[name] for name in config.streams}
+            auxiliary = {b.alias: self.streams[b.name] for b in config.auxiliary}
+            plugin = self.registry.create_source(config, self.config.streams_by_name, auxiliary,
+                                                 config_base_dir=str(self.config.base_path))
+            controller = SourceController(config, plugin, streams, self._pause_event)
+            self._sources[config.name] = controller
+            controller.start()
+
+    def source_status(self) -> dict:
+        return {name: c.snapshot() for name, c in self._sources.items()}
+
+    def sink_status(self) -> dict:
+        return {name: c.snapshot() for name, c in self._sinks.items()}
+
+    def start_synthetic_input(self, spec) -> dict:
+        from .synthetic import SyntheticInputConfig, SyntheticInputController
+
+        with self._lock:
+            if self._state not in (PipelineState.BUILT, PipelineState.RUNNING,
+                                   PipelineState.PAUSED, PipelineState.FAILED):
+                raise StateTransitionError("synthetic inputs require the pipeline to be built first")
+            if not isinstance(spec, SyntheticInputConfig):
+                spec = SyntheticInputConfig(**dict(spec))
+            if spec.stream_name not in self.streams:
+                raise KeyError(f"unknown shared memory stream: {spec.stream_name!r}")
+            for source in self.config.sources:
+                if spec.stream_name in source.streams:
+                    raise ConfigValidationError(
+                        f"stream '{spec.stream_name}' is already driven by source '{source.name}'")
+            producers = [k.name for k in self.config.kernels if spec.stream_name in k.outputs]
+            if producers:
+                raise ConfigValidationError(
+                    f"stream '{spec.stream_name}' is already written by kernel '{producers[0]}'")
+            self.stop_synthetic_input(spec.stream_name)
+            controller = SyntheticInputController(spec, self.streams[spec.stream_name])
+            controller.start()
+            self._synthetic[spec.stream_name] = controller
+            self._event("synthetic_input_started", stream=spec.stream_name, pattern=spec.pattern,
+                        rate_hz=spec.rate_hz)
+            return controller.snapshot()
+
+    def stop_synthetic_input(self, stream_name: str, timeout: float = 2.0) -> None:
+        controller = self._synthetic.pop(stream_name, None)
+        if controller is not None:
+            controller.stop(timeout)
+            self._event("synthetic_input_stopped", stream=stream_name)
+
+    def stop_all_synthetic_inputs(self, timeout: float = 2.0) -> None:
+        for name in list(self._synthetic):
+            self.stop_synthetic_input(name, timeout)
+
+    def synthetic_input_status(self) -> dict:
+        return {name: c.snapshot() for name, c in self._synthetic.items()}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def unlink_segment(resource: str) -> None:
+    try:
+        os.unlink(os.path.join(layout.DEV_SHM, resource))
+    except FileNotFoundError:
+        pass
+
+
+def stream_matches(stream: Stream, spec: SharedMemoryConfig) -> bool:
+    """May an existing segment be reused for ``spec``? (shape, dtype, storage, device)."""
+    if tuple(stream.shape) != tuple(spec.shape) or stream.dtype != np.dtype(spec.dtype):
+        return False
+    if stream.storage != spec.storage:
+        return False
+    return spec.storage != "gpu" or stream.gpu_device == spec.gpu_device
+
+
+def remove_stale_segments(namespace: str) -> list[str]:
+    """Remove the stream segments of ``namespace`` whose creator died; returns their names."""
+    removed = []
+    prefix = layout.namespace_segment_name(namespace) + "."
+    try:
+        names = os.listdir(layout.DEV_SHM)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        if name.startswith(prefix) and segment_is_stale(name):
+            unlink_segment(name)
+            removed.append(name)
+    return removed
+
+
+def write_initial_value(stream: Stream, spec: SharedMemoryConfig, config: PipelineConfig) -> None:
+    """Publish the ``initial`` value of ``spec`` into ``stream``."""
+    initial = spec.initial
+    view = stream.next_slot()
+    where = lambda message: config.locate(message, spec)  # noqa: E731
+    if initial.pattern == "constant":
+        view[...] = initial.value
+    elif initial.pattern == "normal":
+        if not np.issubdtype(stream.dtype, np.floating):
+            raise ConfigValidationError(where(f"normal initializer for '{spec.name}' requires a floating-point dtype"))
+        rng = np.random.default_rng(initial.seed)
+        view[...] = rng.standard_normal(stream.shape) * initial.std + initial.mean
+    elif initial.pattern == "values":
+        values = np.asarray(initial.values, dtype=stream.dtype)
+        if values.shape != tuple(stream.shape):
+            raise ConfigValidationError(where(
+                f"values initializer for '{spec.name}' has shape {values.shape}, expected {tuple(stream.shape)}"))
+        view[...] = values
+    elif initial.pattern == "identity":
+        view[...] = 0
+        np.fill_diagonal(view, initial.scale)
+    stream.publish()
+
+
+def attach(name: str, namespace: str | None = None, *, readonly: bool = False) -> Stream:
+    """Attach to a stream of a running pipeline by its logical name.
+
+    External camera, mirror or analysis processes use this to write a source
+    stream or read any stream: ``shmpiped.attach("frames", namespace="ao")``.
+    """
+    return Stream.attach(name, namespace, readonly=readonly)
+
+
+__all__ = ["PipelineManager", "PipelineState", "WorkerHandle", "attach", "remove_stale_segments"]
+

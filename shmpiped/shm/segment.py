@@ -1,0 +1,243 @@
+"""Mapped files in /dev/shm: atomic creation, opening, ownership locks, removal.
+
+A segment's creator holds an advisory ``flock`` on it for as long as it lives
+(shared for streams, exclusive for a namespace block).  The kernel drops that
+lock when the process dies, however it dies, so "is the owner alive?" is one
+non-blocking lock attempt, immune to pid reuse and valid across containers
+that share ``/dev/shm`` (``--ipc=host``).
+
+Creation is atomic: the segment is built under a hidden temporary name, its
+header written and its lock taken, and only then linked under its real name.
+A reader therefore never maps a half-initialised segment.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import layout
+from ..errors import SharedMemoryError
+
+
+def shm_path(name: str) -> str:
+    return os.path.join(layout.DEV_SHM, name)
+
+
+@dataclass(frozen=True)
+class OwnerIdentity:
+    pid: int
+    start_ticks: int
+    pid_namespace: int
+    host: str
+
+    @classmethod
+    def of_this_process(cls) -> "OwnerIdentity":
+        return cls(os.getpid(), _start_ticks(os.getpid()), _pid_namespace(), socket.gethostname()[:63])
+
+    def write(self, buffer) -> None:
+        layout.pack(buffer, layout.H_OWNER_PID, self.pid)
+        layout.pack(buffer, layout.H_OWNER_START, self.start_ticks)
+        layout.pack(buffer, layout.H_OWNER_PID_NS, self.pid_namespace)
+        layout.pack_str(buffer, layout.H_OWNER_HOST, self.host)
+        layout.pack(buffer, layout.H_CREATED_WALL_NS, time.time_ns())
+
+    @classmethod
+    def read(cls, buffer) -> "OwnerIdentity":
+        return cls(
+            layout.unpack(buffer, layout.H_OWNER_PID),
+            layout.unpack(buffer, layout.H_OWNER_START),
+            layout.unpack(buffer, layout.H_OWNER_PID_NS),
+            layout.unpack_str(buffer, layout.H_OWNER_HOST),
+        )
+
+
+def _start_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def lock_holder_alive(path: str) -> bool:
+    """True while some process holds the segment's ownership lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class Segment:
+    """One mapping of a /dev/shm file, with its base address for the C helpers."""
+
+    def __init__(self, name: str, fd: int, mapping: mmap.mmap, writable: bool, locked: bool):
+        self.name = name
+        self.path = shm_path(name)
+        self._fd = fd
+        self._mmap = mapping
+        self.writable = writable
+        self.locked = locked
+        self.bytes = np.frombuffer(mapping, dtype=np.uint8)
+        if not writable:
+            self.bytes.flags.writeable = False
+        self.address = int(self.bytes.ctypes.data)
+        self.size = len(mapping)
+
+    # -- creation and opening -------------------------------------------------
+    @classmethod
+    def create(cls, name: str, size: int, initialise, lock: int = fcntl.LOCK_SH) -> "Segment":
+        """Create ``name`` of ``size`` bytes; ``initialise(buffer)`` writes its header.
+
+        Raises FileExistsError if the name is taken, SharedMemoryError when
+        /dev/shm cannot hold it.
+        """
+        temp = shm_path(f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o660)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EFBIG):
+                    raise SharedMemoryError(
+                        exc.errno,
+                        f"/dev/shm has no room for {size} bytes for segment {name!r}"
+                        " (enlarge it, e.g. docker --shm-size, or use --ipc=host)",
+                    ) from exc
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                os.ftruncate(fd, size)
+            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            initialise(mapping)
+            fcntl.flock(fd, lock | fcntl.LOCK_NB)
+            os.link(temp, shm_path(name))
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+        return cls(name, fd, mapping, writable=True, locked=True)
+
+    @classmethod
+    def open(cls, name: str, writable: bool = True) -> "Segment":
+        """Map an existing segment; FileNotFoundError if there is none."""
+        path = shm_path(name)
+        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size < layout.HEADER_SIZE:
+                raise SharedMemoryError(errno.EINVAL, f"segment {name!r} is truncated ({size} bytes)")
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            if mapping[:8] != layout.MAGIC:
+                mapping.close()
+                raise SharedMemoryError(errno.EINVAL, f"{path} is not a shmpiped segment")
+            version = layout.unpack(mapping, layout.H_VERSION)
+            if version != layout.LAYOUT_VERSION:
+                mapping.close()
+                raise SharedMemoryError(
+                    errno.EINVAL,
+                    f"{path} has layout version {version}, this shmpiped reads {layout.LAYOUT_VERSION}",
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(name, fd, mapping, writable=writable, locked=False)
+
+    @classmethod
+    def open_or_create_locked(cls, name: str, size: int, initialise) -> "Segment":
+        """Open ``name`` holding its exclusive lock, creating it when absent.
+
+        Used for namespace blocks: raises BlockingIOError while another live
+        process holds the lock.  A file left by a dead owner is re-initialised.
+        """
+        path = shm_path(name)
+        while True:
+            try:
+                return cls.create(name, size, initialise, lock=fcntl.LOCK_EX)
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # removed between our two attempts: try creating again
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_nlink == 0:  # unlinked while we took the lock
+                    os.close(fd)
+                    continue
+                os.ftruncate(fd, size)
+                mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                mapping[: layout.HEADER_SIZE] = bytes(layout.HEADER_SIZE)
+                initialise(mapping)
+            except BaseException:
+                os.close(fd)
+                raise
+            return cls(name, fd, mapping, writable=True, locked=True)
+
+    # -- header access -----------------------------------------------------------
+    def header(self, field):
+        return layout.unpack(self._mmap, field)
+
+    def header_str(self, field) -> str:
+        return layout.unpack_str(self._mmap, field)
+
+    def set_header(self, field, *values) -> None:
+        layout.pack(self._mmap, field, *values)
+
+    def owner(self) -> OwnerIdentity:
+        return OwnerIdentity.read(self._mmap)
+
+    def owner_alive(self) -> bool:
+        return self.locked or lock_holder_alive(self.path)
+
+    # -- teardown -------------------------------------------------------------
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        """Unmap and drop the lock.  Views still held by callers keep the
+        mapping alive until they are garbage-collected."""
+        if self._fd < 0:
+            return
+        self.bytes = None
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass  # views exported to user code: the mapping goes with the last of them
+        os.close(self._fd)
+        self._fd = -1
+        self.address = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0

@@ -1,0 +1,307 @@
+"""A stream: a ring of K >= 3 slots in one /dev/shm segment, one writer, any readers.
+
+Writing (the producer, one per stream; the graph guarantees it):
+
+    view = stream.next_slot()      # invalidates slot (count % K) and returns its view
+    compute_into(..., out=view)    # fill it in place
+    stream.publish(frame_id, origin_ns)
+
+or simply ``stream.write(array)``.  ``publish`` stamps the slot header, makes
+the slot valid, publishes the new count with one aligned store and wakes
+parked readers only when some are parked: with nobody waiting it makes no
+system call.
+
+Reading: ``latest()`` gives the newest count and a zero-copy view of its
+slot; after using the view, ``still_valid(count)`` tells whether the writer
+lapped the reader meanwhile (then the data may be torn: count an overrun and
+drop it).  ``read()`` and ``read_new()`` return consistent copies.
+``wait(after, timeout)`` parks the caller on a futex (or spins, per the wait
+strategy) until the count passes ``after``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from . import _sync, layout
+from .segment import OwnerIdentity, Segment, lock_holder_alive, shm_path
+
+WAIT_STRATEGIES = ("futex", "hybrid", "spin")
+HYBRID_SPIN_S = 50e-6
+
+
+class Stream:
+    """A handle on one stream segment (created here or attached)."""
+
+    def __init__(self, segment: Segment, stream_name: str, namespace: str):
+        self.segment = segment
+        self.name = stream_name
+        self.namespace = namespace
+        buf = segment.bytes
+        self.nslots = segment.header(layout.H_NSLOTS)
+        ndim = segment.header(layout.H_NDIM)
+        self.shape = tuple(segment.header(layout.H_SHAPE)[:ndim]) if ndim else ()
+        self.dtype = np.dtype(segment.header_str(layout.H_DTYPE))
+        self.storage = layout.STORAGE_NAMES.get(segment.header(layout.H_STORAGE), "cpu")
+        self.gpu_device = segment.header_str(layout.H_GPU_DEVICE) or None
+        self.notify = bool(segment.header(layout.H_NOTIFY))
+        self.nbytes = segment.header(layout.H_PAYLOAD_NBYTES)
+        self._stride = segment.header(layout.H_SLOT_STRIDE)
+        base = segment.address
+        self._addr = base
+        self._seq_addr = base + layout.STREAM_SEQ_OFFSET
+        self.slot_addrs = tuple(
+            base + layout.HEADER_SIZE + i * self._stride for i in range(self.nslots)
+        )
+        views = []
+        headers = []
+        for i in range(self.nslots):
+            start = layout.HEADER_SIZE + i * self._stride
+            payload = buf[start + layout.SLOT_HEADER_SIZE : start + layout.SLOT_HEADER_SIZE + self.nbytes]
+            views.append(payload.view(self.dtype).reshape(self.shape))
+            headers.append(buf[start : start + layout.SLOT_HEADER_SIZE].view(np.uint64))
+        self.slot_views = tuple(views)
+        self._slot_headers = tuple(headers)
+        self.readonly = not segment.writable
+        self.last_read_count = 0
+        self.set_wait_strategy("futex")
+
+    # -- creation / attachment ---------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        shape,
+        dtype,
+        *,
+        namespace: str | None = None,
+        slots: int = layout.DEFAULT_SLOTS,
+        notify: bool = True,
+        storage: str = "cpu",
+        gpu_device: str | None = None,
+    ) -> "Stream":
+        """Create the stream; FileExistsError if the name is taken."""
+        shape = tuple(int(d) for d in shape)
+        dtype = np.dtype(dtype)
+        if slots < layout.MIN_SLOTS:
+            raise ValueError(f"a stream needs at least {layout.MIN_SLOTS} slots, got {slots}")
+        if len(shape) > layout.MAX_DIMS:
+            raise ValueError(f"stream {name!r} has {len(shape)} dimensions, at most {layout.MAX_DIMS}")
+        namespace = namespace or layout.DEFAULT_NAMESPACE
+        nbytes = int(math.prod(shape)) * dtype.itemsize
+        stride = layout.slot_stride(nbytes)
+        size = layout.HEADER_SIZE + slots * stride
+
+        def initialise(buf):
+            buf[:8] = layout.MAGIC
+            layout.pack(buf, layout.H_VERSION, layout.LAYOUT_VERSION)
+            layout.pack(buf, layout.H_KIND, layout.KIND_STREAM)
+            layout.pack(buf, layout.H_HEADER_SIZE, layout.HEADER_SIZE)
+            layout.pack(buf, layout.H_NSLOTS, slots)
+            layout.pack(buf, layout.H_NDIM, len(shape))
+            layout.pack(buf, layout.H_SLOT_STRIDE, stride)
+            layout.pack(buf, layout.H_PAYLOAD_OFFSET, layout.SLOT_HEADER_SIZE)
+            layout.pack(buf, layout.H_PAYLOAD_NBYTES, nbytes)
+            layout.pack(buf, layout.H_STORAGE, layout.STORAGE_CODES[storage])
+            layout.pack_str(buf, layout.H_DTYPE, dtype.str)
+            layout.pack(buf, layout.H_SHAPE, *(shape + (0,) * (layout.MAX_DIMS - len(shape))))
+            layout.pack_str(buf, layout.H_NAMESPACE, namespace)
+            layout.pack_str(buf, layout.H_NAME, name)
+            layout.pack(buf, layout.H_NOTIFY, int(bool(notify)))
+            layout.pack_str(buf, layout.H_GPU_DEVICE, gpu_device or "")
+            OwnerIdentity.of_this_process().write(buf)
+
+        segment = Segment.create(layout.stream_segment_name(namespace, name), size, initialise)
+        return cls(segment, name, namespace)
+
+    @classmethod
+    def attach(cls, name: str, namespace: str | None = None, *, readonly: bool = False) -> "Stream":
+        """Open an existing stream by its logical name; FileNotFoundError if absent."""
+        namespace = namespace or layout.DEFAULT_NAMESPACE
+        segment = Segment.open(layout.stream_segment_name(namespace, name), writable=not readonly)
+        if segment.header(layout.H_KIND) != layout.KIND_STREAM:
+            segment.close()
+            raise FileNotFoundError(f"{segment.path} is not a stream segment")
+        return cls(segment, name, namespace)
+
+    # -- state --------------------------------------------------------------------
+    @property
+    def resource_name(self) -> str:
+        return self.segment.name
+
+    @property
+    def count(self) -> int:
+        """Publications so far (0 before the first write)."""
+        return _sync.load_u64(self._seq_addr)
+
+    def _newest_header(self):
+        count = self.count
+        return self._slot_headers[(count - 1) % self.nslots] if count else None
+
+    @property
+    def frame_id(self) -> int:
+        header = self._newest_header()
+        return int(header[1]) if header is not None else 0
+
+    @property
+    def write_time(self) -> float | None:
+        """Wall-clock time (seconds since the epoch) of the newest publication."""
+        header = self._newest_header()
+        return int(header[4]) / 1e9 if header is not None else None
+
+    @property
+    def origin_ns(self) -> int:
+        """CLOCK_MONOTONIC time at which the newest frame entered the pipeline."""
+        header = self._newest_header()
+        return int(header[2]) if header is not None else 0
+
+    def slot_metadata(self, count: int) -> tuple[int, int, int]:
+        """(frame_id, origin_ns, write_mono_ns) of publication ``count`` (if still in the ring)."""
+        header = self._slot_headers[(count - 1) % self.nslots]
+        return int(header[1]), int(header[2]), int(header[3])
+
+    # -- writing ------------------------------------------------------------------
+    def next_slot(self) -> np.ndarray:
+        """Invalidate and return the view of the slot the next publication fills."""
+        index = _sync.load_u64(self._seq_addr) % self.nslots
+        _sync.begin_write(self.slot_addrs[index])
+        return self.slot_views[index]
+
+    def publish(self, frame_id: int = 0, origin_ns: int = 0) -> int:
+        """Publish the slot returned by next_slot(); returns the new count.
+
+        ``frame_id`` 0 numbers the frame with its count; ``origin_ns`` 0
+        stamps it as originating now.
+        """
+        count = _sync.load_u64(self._seq_addr) + 1
+        _sync.publish(self._addr, self.slot_addrs[(count - 1) % self.nslots], count,
+                      frame_id or count, origin_ns)
+        return count
+
+    def write(self, value, frame_id: int | None = None, origin_ns: int = 0) -> int:
+        """Copy ``value`` into the next slot and publish it; returns the new count."""
+        view = self.next_slot()
+        np.copyto(view, np.asarray(value).reshape(self.shape), casting="unsafe")
+        return self.publish(frame_id or 0, origin_ns)
+
+    def wake_all(self) -> None:
+        """Wake every parked reader without publishing (used to stop workers)."""
+        if not self.readonly:
+            _sync.wake_all(self._addr)
+
+    # -- reading ------------------------------------------------------------------
+    def latest(self) -> tuple[int, np.ndarray | None]:
+        """(count, zero-copy view of the newest slot); (0, None) before any write."""
+        count = _sync.load_u64(self._seq_addr)
+        if count == 0:
+            return 0, None
+        return count, self.slot_views[(count - 1) % self.nslots]
+
+    def view_of(self, count: int) -> np.ndarray:
+        return self.slot_views[(count - 1) % self.nslots]
+
+    def still_valid(self, count: int) -> bool:
+        """True if publication ``count`` has not been overwritten (not lapped)."""
+        return _sync.slot_seq(self.slot_addrs[(count - 1) % self.nslots]) == count
+
+    def read(self) -> np.ndarray:
+        """A consistent private copy of the newest value (zeros before any write)."""
+        while True:
+            count, view = self.latest()
+            if view is None:
+                return np.zeros(self.shape, self.dtype)
+            copy = np.array(view, copy=True)
+            if self.still_valid(count):
+                self.last_read_count = count
+                return copy
+
+    def read_new(self, timeout: float | None = None) -> np.ndarray:
+        """Wait for a publication newer than the last one read here, then read it.
+
+        Raises TimeoutError when none arrives within ``timeout`` seconds
+        (None waits forever).
+        """
+        self.wait(self.last_read_count, timeout)
+        return self.read()
+
+    def set_wait_strategy(self, strategy: str, spin_s: float = HYBRID_SPIN_S) -> None:
+        """``futex`` parks at once; ``hybrid`` spins ``spin_s`` first; ``spin`` never parks."""
+        if strategy not in WAIT_STRATEGIES:
+            raise ValueError(f"wait strategy must be one of {', '.join(WAIT_STRATEGIES)}, got {strategy!r}")
+        self.wait_strategy = strategy
+        self._spin_s = {"futex": 0.0, "hybrid": float(spin_s), "spin": -1.0}[strategy]
+
+    def wait_once(self, after: int, timeout: float) -> int:
+        """One bounded wait; returns the current count (may still equal ``after``)."""
+        if self.readonly:
+            return self._poll_once(after, timeout)
+        return _sync.wait_seq(self._addr, after, timeout, self._spin_s)
+
+    def wait(self, after: int, timeout: float | None = None) -> int:
+        """Block until the count exceeds ``after``; returns it, or raises TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                count = self.count
+                if count > after:
+                    return count
+                raise TimeoutError(f"no new publication on stream {self.name!r} within {timeout:g} s")
+            count = self.wait_once(after, min(remaining, 1.0))
+            if count > after:
+                return count
+
+    def _poll_once(self, after: int, timeout: float) -> int:
+        # Read-only handles cannot register as futex waiters: poll gently.
+        deadline = time.monotonic() + timeout
+        while True:
+            count = self.count
+            if count > after or time.monotonic() >= deadline:
+                return count
+            time.sleep(0.0005)
+
+    # -- teardown -----------------------------------------------------------------
+    def mark_kept(self) -> None:
+        """Record that the creator leaves this segment on purpose (not stale)."""
+        flags = self.segment.header(layout.H_FLAGS)
+        self.segment.set_header(layout.H_FLAGS, flags | layout.FLAG_KEPT)
+
+    def close(self) -> None:
+        self.slot_views = ()
+        self._slot_headers = ()
+        self.segment.close()
+
+    def unlink(self) -> None:
+        self.segment.unlink()
+
+    @property
+    def closed(self) -> bool:
+        return self.segment.closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Stream({self.name!r}, namespace={self.namespace!r}, shape={self.shape}, "
+                f"dtype={self.dtype.name}, count={self.count if not self.closed else 'closed'})")
+
+
+def segment_is_stale(name: str) -> bool:
+    """A stream segment whose creator died without closing it on purpose."""
+    path = shm_path(name)
+    if lock_holder_alive(path):
+        return False
+    try:
+        segment = Segment.open(name, writable=False)
+    except (FileNotFoundError, OSError):
+        return False
+    try:
+        return not (segment.header(layout.H_FLAGS) & layout.FLAG_KEPT)
+    finally:
+        segment.close()

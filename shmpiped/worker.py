@@ -1,0 +1,363 @@
+"""The worker process: one kernel, its streams, and the hot loop.
+
+Started by the manager as ``python -m shmpiped.worker`` with a pickled
+:class:`WorkerSpec` on standard input.  Per frame the loop waits for its
+trigger input(s) (futex, no polling), hands zero-copy views of the newest
+slots to the kernel, which computes straight into the next slot of each
+output, publishes them with the trigger's frame id and origin timestamp, and
+records the frame in its telemetry record.  It allocates no arrays, logs
+nothing and sends no message per frame.
+
+Exec time is measured from just before the kernel call to just after the
+last output is published: kernel and publication, never waiting.
+
+A worker that fails writes its traceback into its telemetry record, sets its
+state to failed and exits 1.  It exits by itself (status 0) when the manager
+asks it to stop, and when the process that started it has gone.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from .shm import layout
+from .shm.stream import Stream
+from .shm.telemetry import NamespaceBlock
+
+PARENT_CHECK_NS = 250_000_000
+EXIT_FAILED = 1
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, picklable."""
+
+    kernel: object                      # KernelConfig
+    shared_memory: dict                 # stream name -> SharedMemoryConfig
+    namespace: str
+    record_index: int
+    spawn_token: int
+    cpu_slot: int | None
+    config_base_dir: str
+    parent_pid: int
+    registry: object | None = None      # explicit KernelRegistry, else the default one
+    wait_strategy: str = "futex"
+    telemetry: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Stop()
+
+
+def _pin(cpu_slot: int | None) -> None:
+    if cpu_slot is None or not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        os.sched_setaffinity(0, {cpu_slot})
+    except OSError:
+        pass
+
+
+def run(spec: WorkerSpec) -> int:
+    """Run the worker until asked to stop; returns the process exit status."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the manager's to handle
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    record = None
+    streams: list[Stream] = []
+    try:
+        block = NamespaceBlock.attach(spec.namespace)
+        record = block.worker_record(spec.record_index)
+        if record.get(layout.REC_SPAWN_TOKEN) != spec.spawn_token:
+            raise RuntimeError("telemetry record was reassigned before this worker started")
+        record.start(os.getpid(), spec.cpu_slot)
+        record.set_state(layout.WS_STARTING)
+        _pin(spec.cpu_slot)
+
+        from .kernels.registry import default_registry
+
+        registry = spec.registry or default_registry()
+        kernel = registry.create(spec.kernel, spec.shared_memory, config_base_dir=spec.config_base_dir)
+        config = spec.kernel
+
+        def attach(name: str) -> Stream:
+            stream = Stream.attach(name, spec.namespace)
+            streams.append(stream)
+            return stream
+
+        triggers = [attach(name) for name in config.inputs]
+        auxiliaries = {binding.alias: attach(binding.name) for binding in config.auxiliary}
+        outputs = [attach(name) for name in config.outputs]
+        for stream in triggers:
+            stream.set_wait_strategy(spec.wait_strategy)
+        loop = HotLoop(config, kernel, triggers, auxiliaries, outputs, block, record, spec)
+        record.set_state(layout.WS_RUNNING)
+        loop.run()
+        record.set_state(layout.WS_STOPPED)
+        return 0
+    except _Stop:
+        if record is not None:
+            record.set_state(layout.WS_STOPPED)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we exit
+        text = "".join(traceback.format_exception(exc))
+        if record is not None:
+            record.write_error(f"{type(exc).__name__}: {exc}\n{text}")
+            record.set_state(layout.WS_FAILED)
+        sys.stderr.write(f"shmpiped worker {getattr(spec.kernel, 'name', '?')!r} failed:\n{text}")
+        sys.stderr.flush()
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for stream in streams:
+            stream.close()
+
+
+class HotLoop:
+    """The per-frame loop of one kernel; everything it needs is prepared here."""
+
+    def __init__(self, config, kernel, triggers, auxiliaries, outputs, block, record, spec):
+        self.config = config
+        self.kernel = kernel
+        self.triggers = triggers
+        self.auxiliaries = auxiliaries
+        self.outputs = outputs
+        self.block = block
+        self.record = record
+        self.spec = spec
+        self.aux_views: dict = {}
+        self.aux_items = tuple(auxiliaries.items())
+        self.aux_counts = [0] * len(self.aux_items)
+        self.read_timeout = float(config.read_timeout)
+        self.pause_sleep = float(config.pause_sleep)
+        self.all_new = config.trigger_policy == "all_new"
+        self.sync = config.synchronization if config.requires_matching_frame_id else None
+        self.skew_started: float | None = None
+
+    # -- the rare paths -----------------------------------------------------------
+    def _check_parent(self) -> None:
+        if os.getppid() != self.spec.parent_pid:
+            raise _Stop()
+
+    def _paused(self) -> None:
+        self.record.set_state(layout.WS_PAUSED)
+        while self.block.paused and not self.record.stop_requested:
+            time.sleep(self.pause_sleep)
+            self.record.heartbeat(time.monotonic_ns())
+            self._check_parent()
+        self.record.set_state(layout.WS_RUNNING)
+
+    def _read_auxiliaries(self) -> None:
+        """Point aux_views at the newest slot of each auxiliary (zeros if never written)."""
+        views = self.aux_views
+        counts = self.aux_counts
+        for i, (alias, stream) in enumerate(self.aux_items):
+            count, view = stream.latest()
+            counts[i] = count
+            views[alias] = view if view is not None else stream.slot_views[0]
+
+    def _auxiliaries_intact(self) -> bool:
+        counts = self.aux_counts
+        for i, (_, stream) in enumerate(self.aux_items):
+            if counts[i] and not stream.still_valid(counts[i]):
+                return False
+        return True
+
+    # -- main loop ------------------------------------------------------------------
+    def run(self) -> None:
+        if len(self.triggers) == 1:
+            self._run_single()
+        else:
+            self._run_multi()
+
+    def _run_single(self) -> None:
+        trigger = self.triggers[0]
+        outputs = self.outputs
+        primary = outputs[0]
+        single_output = len(outputs) == 1
+        kernel = self.kernel
+        record = self.record
+        block = self.block
+        aux_views = self.aux_views
+        has_aux = bool(self.auxiliaries)
+        read_timeout = self.read_timeout
+        wait_once = trigger.wait_once
+        view_of = trigger.view_of
+        slot_metadata = trigger.slot_metadata
+        still_valid = trigger.still_valid
+        monotonic_ns = time.monotonic_ns
+        telemetry = self.spec.telemetry
+        last = trigger.count
+        next_parent_check = monotonic_ns() + PARENT_CHECK_NS
+        if not has_aux:
+            aux_views.clear()
+
+        while True:
+            if record.stop_requested:
+                return
+            if block.paused:
+                self._paused()
+                continue
+            count = trigger.count
+            if count <= last:
+                record.increment(layout.REC_WAITS)
+                count = wait_once(last, read_timeout)
+            now = monotonic_ns()
+            if count <= last:
+                record.increment(layout.REC_TIMEOUTS)
+                record.heartbeat(now)
+                if now >= next_parent_check:
+                    self._check_parent()
+                    next_parent_check = now + PARENT_CHECK_NS
+                continue
+            if now >= next_parent_check:
+                self._check_parent()
+                next_parent_check = now + PARENT_CHECK_NS
+            frame_id, origin_ns, _ = slot_metadata(count)
+            if has_aux:
+                self._read_auxiliaries()
+            start = monotonic_ns()
+            if single_output:
+                kernel.compute_into(view_of(count), primary.next_slot(), aux_views)
+            else:
+                kernel.compute_into_multiple(view_of(count), [o.next_slot() for o in outputs], aux_views)
+            last = count
+            if not still_valid(count) or (has_aux and not self._auxiliaries_intact()):
+                record.increment(layout.REC_OVERRUNS)  # lapped while computing: drop the frame
+                continue
+            if single_output:
+                out_count = primary.publish(frame_id, origin_ns)
+            else:
+                out_count = 0
+                for stream in outputs:
+                    out_count = stream.publish(frame_id, origin_ns)
+            end = monotonic_ns()
+            if telemetry:
+                record.record_frame(end - start, end, out_count, end - origin_ns)
+
+    def _run_multi(self) -> None:
+        triggers = self.triggers
+        outputs = self.outputs
+        kernel = self.kernel
+        record = self.record
+        block = self.block
+        aux_views = self.aux_views
+        has_aux = bool(self.auxiliaries)
+        monotonic_ns = time.monotonic_ns
+        telemetry = self.spec.telemetry
+        all_new = self.all_new
+        n = len(triggers)
+        last = [t.count for t in triggers]
+        counts = list(last)
+        views: list = [None] * n
+        # Waiting on one of several streams: under any_new another input may
+        # fire first, so wait in short slices.
+        slice_s = min(self.read_timeout, 0.001 if not all_new else self.read_timeout)
+        next_parent_check = monotonic_ns() + PARENT_CHECK_NS
+
+        while True:
+            if record.stop_requested:
+                return
+            if block.paused:
+                self._paused()
+                continue
+            for i in range(n):
+                counts[i] = triggers[i].count
+            if all_new:
+                pending = next((i for i in range(n) if counts[i] <= last[i]), -1)
+                fire = pending < 0
+            else:
+                fire = any(counts[i] > last[i] for i in range(n))
+                pending = 0
+            now = monotonic_ns()
+            if now >= next_parent_check:
+                self._check_parent()
+                next_parent_check = now + PARENT_CHECK_NS
+            if not fire:
+                record.increment(layout.REC_WAITS)
+                got = triggers[pending].wait_once(last[pending], slice_s)
+                if got <= last[pending]:
+                    record.increment(layout.REC_TIMEOUTS)
+                    record.heartbeat(monotonic_ns())
+                continue
+            frame_id = 0
+            origin_ns = 0
+            min_id = None
+            for i in range(n):
+                fid, origin, _ = triggers[i].slot_metadata(counts[i])
+                if fid > frame_id:
+                    frame_id = fid
+                if min_id is None or fid < min_id:
+                    min_id = fid
+                if counts[i] > last[i] and (origin_ns == 0 or origin < origin_ns):
+                    origin_ns = origin
+            if self.sync is not None and not self._frames_match(frame_id, min_id, counts, last):
+                continue
+            self.skew_started = None
+            for i in range(n):
+                views[i] = triggers[i].view_of(counts[i])
+            if has_aux:
+                self._read_auxiliaries()
+            start = monotonic_ns()
+            trigger_input = tuple(views)
+            if len(outputs) == 1:
+                kernel.compute_into(trigger_input, outputs[0].next_slot(), aux_views)
+            else:
+                kernel.compute_into_multiple(trigger_input, [o.next_slot() for o in outputs], aux_views)
+            lapped = not all(triggers[i].still_valid(counts[i]) for i in range(n)) or (
+                has_aux and not self._auxiliaries_intact()
+            )
+            last[:] = counts
+            if lapped:
+                record.increment(layout.REC_OVERRUNS)
+                continue
+            out_count = 0
+            for stream in outputs:
+                out_count = stream.publish(frame_id, origin_ns)
+            end = monotonic_ns()
+            if telemetry:
+                record.record_frame(end - start, end, out_count, end - origin_ns)
+
+    def _frames_match(self, target: int, lowest: int, counts: list, last: list) -> bool:
+        """The matching_frame_id barrier (drop_older); False means skip this round."""
+        if lowest == target:
+            return True
+        record = self.record
+        record.increment(layout.REC_SKEW_EVENTS)
+        now = time.monotonic()
+        if self.skew_started is None:
+            self.skew_started = now
+        max_wait = self.sync.max_wait_s
+        give_up = (target - lowest) > self.sync.max_skew_generations or (
+            max_wait is not None and now - self.skew_started >= max_wait
+        )
+        if give_up:
+            record.increment(layout.REC_SYNC_TIMEOUTS)
+            last[:] = counts
+            self.skew_started = None
+        else:
+            record.increment(layout.REC_SKIPPED_GENERATIONS)
+            for i, stream in enumerate(self.triggers):
+                if stream.slot_metadata(counts[i])[0] < target:
+                    last[i] = counts[i]
+        return False
+
+
+def main() -> int:
+    spec = pickle.load(sys.stdin.buffer)
+    sys.stdin.close()
+    return run(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
