@@ -16,6 +16,7 @@ segment of ours in /dev/shm.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from enum import Enum
 
 import numpy as np
@@ -125,7 +127,8 @@ class PipelineManager:
         self.config: PipelineConfig = config
         self.spawn_method = spawn_method  # accepted for compatibility: workers are always fresh interpreters
         self.placement_policy = placement_policy or RoundRobinPlacementPolicy()
-        self._explicit_registry = registry
+        self._explicit_registry = registry  # shipped to workers only when given explicitly
+        self._registry = registry
         self.worker_start_timeout = float(worker_start_timeout)
         self.slots = int(slots)
         self.wait_strategy = wait_strategy
@@ -159,11 +162,11 @@ class PipelineManager:
 
     @property
     def registry(self):
-        if self._explicit_registry is not None:
-            return self._explicit_registry
-        from .kernels.registry import default_registry
+        if self._registry is None:
+            from .kernels.registry import default_registry
 
-        return default_registry()
+            self._registry = default_registry()
+        return self._registry
 
     @property
     def graph(self) -> PipelineGraph:
@@ -229,6 +232,7 @@ class PipelineManager:
                 block.close(unlink=True)
                 raise
             self._block = block
+            _shutdown_at_exit(self)
             self.streams = {s.name: s for s in created + opened}
             self.owned_streams = {s.name for s in created}
             self.kernel_configs = {k.name: k for k in self.config.kernels}
@@ -385,6 +389,7 @@ class PipelineManager:
             self._require("pause", PipelineState.RUNNING)
             self._block.set_paused(True)
             self._pause_event.set()
+            self._wake_workers(self.workers.values())
             self._set_state(PipelineState.PAUSED, "pause requested")
 
     def resume(self) -> None:
@@ -425,10 +430,7 @@ class PipelineManager:
             handle.stopping = True
             if self._block is not None:
                 self._block.request_stop(handle.record_index)
-            for name in handle.config.inputs:
-                stream = self.streams.get(name)
-                if stream is not None and not stream.closed:
-                    stream.wake_all()
+        self._wake_workers(handles)
         deadline = time.monotonic() + timeout
         for handle in handles:
             if handle.process is None:
@@ -445,6 +447,14 @@ class PipelineManager:
             self._remember_metrics(handle)
             self._event("worker_stopped", kernel=handle.name, pid=handle.pid,
                         exitcode=handle.process.returncode)
+
+    def _wake_workers(self, handles) -> None:
+        """Wake workers parked on their inputs so they see a stop or pause at once."""
+        for handle in handles:
+            for name in handle.config.inputs:
+                stream = self.streams.get(name)
+                if stream is not None and not stream.closed:
+                    stream.wake_all()
 
     def shutdown(self, unlink: bool = True, unlink_external: bool = False, force: bool = False) -> None:
         with self._lock:
@@ -728,6 +738,8 @@ class PipelineManager:
 
     # ------------------------------------------------------------------ sources, sinks, synthetic
     def _start_sinks(self) -> None:
+        if not self.config.sinks:
+            return
         from .endpoints import SinkController
 
         for config in self.config.sinks:
@@ -740,6 +752,8 @@ class PipelineManager:
             controller.start()
 
     def _start_sources(self) -> None:
+        if not self.config.sources:
+            return
         from .endpoints import SourceController
 
         for config in self.config.sources:
@@ -799,6 +813,18 @@ class PipelineManager:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _shutdown_at_exit(manager: PipelineManager) -> None:
+    """Shut ``manager`` down when the interpreter exits, if the caller did not."""
+    ref = weakref.ref(manager)
+
+    def hook() -> None:
+        live = ref()
+        if live is not None and live.state != PipelineState.STOPPED:
+            live.shutdown(force=True)
+
+    atexit.register(hook)
 
 
 def unlink_segment(resource: str) -> None:

@@ -213,7 +213,7 @@ class HotLoop:
                 record.increment(layout.REC_WAITS)
                 count = wait_once(last, read_timeout)
             now = monotonic_ns()
-            if count <= last:
+            if count <= last or block.paused:
                 record.increment(layout.REC_TIMEOUTS)
                 record.heartbeat(now)
                 if now >= next_parent_check:
@@ -283,7 +283,9 @@ class HotLoop:
             if now >= next_parent_check:
                 self._check_parent()
                 next_parent_check = now + PARENT_CHECK_NS
-            if not fire:
+            if not fire or block.paused:
+                if block.paused:
+                    continue
                 record.increment(layout.REC_WAITS)
                 got = triggers[pending].wait_once(last[pending], slice_s)
                 if got <= last[pending]:

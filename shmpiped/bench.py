@@ -1,0 +1,195 @@
+"""Latency benchmarks: one hop between two processes, and a one-stage pipeline.
+
+``hop``: a writer process publishes a small frame stamped with its origin
+time; a reader process parked on the stream wakes and records
+``now - origin``.  Paced at a fixed rate (each frame finds the reader parked:
+the wake-up path) or in lock-step (the reader echoes every frame on a second
+stream and the writer waits for the echo: the flat-out rate).
+
+``copy``: a real pipeline (PipelineManager, one ``cpu.copy`` worker) driven by
+this process; the latency is measured where the output arrives, from the
+origin timestamp the worker carried through: true end-to-end.
+
+Results are dicts of figures in microseconds; ``shmpiped bench`` prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+
+from .shm import Stream
+
+
+def percentiles_us(samples_ns) -> dict:
+    values = np.asarray(samples_ns, dtype=np.float64) / 1e3
+    if values.size == 0:
+        return {"n": 0}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"n": int(values.size), "p50_us": round(float(p50), 2), "p90_us": round(float(p90), 2),
+            "p99_us": round(float(p99), 2), "max_us": round(float(values.max()), 2),
+            "mean_us": round(float(values.mean()), 2)}
+
+
+def sleep_until(deadline_ns: int) -> None:
+    """Sleep to a monotonic deadline: coarse sleep, then a short spin for precision."""
+    while True:
+        remaining = deadline_ns - time.monotonic_ns()
+        if remaining <= 0:
+            return
+        if remaining > 300_000:
+            time.sleep((remaining - 200_000) / 1e9)
+
+
+def _pin(cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+
+
+def _reader_main(namespace: str, frames: int, echo: bool, strategy: str, cpu: int | None) -> None:
+    """The reader side of ``hop``, run in its own process; prints its samples as JSON."""
+    _pin(cpu)
+    stream = Stream.attach("ping", namespace)
+    stream.set_wait_strategy(strategy)
+    pong = Stream.attach("pong", namespace) if echo else None
+    samples = np.zeros(frames, dtype=np.int64)
+    taken = 0
+    last = stream.count
+    print("ready", flush=True)
+    while last < frames:  # frames published by the writer; a late wake-up sees only the newest
+        last = stream.wait(last, timeout=10.0)
+        now = time.monotonic_ns()
+        samples[taken] = now - stream.slot_metadata(last)[1]
+        taken += 1
+        if pong is not None:
+            pong.write(stream.view_of(last), origin_ns=now)
+    print(json.dumps(samples[:taken].tolist()), flush=True)
+    stream.close()
+    if pong is not None:
+        pong.close()
+
+
+def hop(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: str = "futex",
+        same_core: bool = False, warmup: int = 100) -> dict:
+    """One-hop latency writer -> reader process; rate None runs in lock-step."""
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    echo = rate_hz is None
+    ping = Stream.create("ping", (16,), "float64", namespace=namespace)
+    pong = Stream.create("pong", (16,), "float64", namespace=namespace) if echo else None
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    writer_cpu = cpus[0]
+    reader_cpu = cpus[0] if same_core or len(cpus) == 1 else cpus[1]
+    total = frames + warmup
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from shmpiped.bench import _reader_main as m; "
+         "m(sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1', sys.argv[4], int(sys.argv[5]))",
+         namespace, str(total), "1" if echo else "0", strategy, str(reader_cpu)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        _pin(writer_cpu)
+        if pong is not None:
+            pong.set_wait_strategy(strategy)
+        if reader.stdout.readline().strip() != "ready":
+            raise RuntimeError("benchmark reader did not start")
+        time.sleep(0.2)
+        payload = np.zeros(16)
+        round_trips = np.zeros(total, dtype=np.int64)
+        started = time.monotonic_ns()
+        deadline = started
+        for i in range(total):
+            if echo:
+                sent = time.monotonic_ns()
+                ping.write(payload)
+                pong.wait(i, timeout=10.0)
+                round_trips[i] = time.monotonic_ns() - sent
+            else:
+                deadline += int(1e9 / rate_hz)
+                sleep_until(deadline)
+                ping.write(payload)
+        elapsed = (time.monotonic_ns() - started) / 1e9
+        out, _ = reader.communicate(timeout=30)
+        samples = json.loads(out.strip().splitlines()[-1])[warmup:]
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+        for stream in (ping, pong):
+            if stream is not None:
+                stream.close()
+                stream.unlink()
+        _pin_all()
+    result = {"benchmark": "hop", "mode": "lock-step" if echo else f"{rate_hz:g} Hz",
+              "wait_strategy": strategy, "same_core": same_core, **percentiles_us(samples)}
+    if echo:
+        result["rate_hz"] = round(total / elapsed, 1)
+        result["round_trip"] = percentiles_us(round_trips[warmup:])
+    return result
+
+
+def _pin_all() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        except OSError:
+            pass
+
+
+def copy_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: str = "futex",
+                  telemetry: bool = True, warmup: int = 100, shape=(16,)) -> dict:
+    """End-to-end latency through a one-stage copy pipeline (a real worker process)."""
+    from .manager import PipelineManager
+
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    config = {
+        "namespace": namespace,
+        "shared_memory": [
+            {"name": "input", "shape": list(shape), "dtype": "float32"},
+            {"name": "output", "shape": list(shape), "dtype": "float32"},
+        ],
+        "kernels": [{"name": "copy", "kind": "cpu.copy", "input": "input", "output": "output"}],
+    }
+    manager = PipelineManager(config, wait_strategy=strategy, telemetry=telemetry)
+    total = frames + warmup
+    latencies = np.zeros(total, dtype=np.int64)
+    payload = np.zeros(shape, dtype=np.float32)
+    try:
+        manager.build()
+        manager.start()
+        source = manager.get_stream("input")
+        sink = manager.get_stream("output")
+        sink.set_wait_strategy(strategy)
+        time.sleep(0.2)
+        received = 0
+        started = time.monotonic_ns()
+        deadline = started
+        for i in range(total):
+            if rate_hz is not None:
+                deadline += int(1e9 / rate_hz)
+                sleep_until(deadline)
+            source.write(payload)
+            received = sink.wait(received, timeout=10.0)
+            latencies[i] = time.monotonic_ns() - sink.slot_metadata(received)[1]
+        elapsed = (time.monotonic_ns() - started) / 1e9
+        worker = manager.status()["workers"]["copy"]
+        manager.raise_if_failed()
+    finally:
+        manager.shutdown(force=True)
+    return {
+        "benchmark": "copy", "mode": "lock-step" if rate_hz is None else f"{rate_hz:g} Hz",
+        "wait_strategy": strategy, "telemetry": telemetry, **percentiles_us(latencies[warmup:]),
+        "rate_hz": round(total / elapsed, 1),
+        "worker_avg_exec_us": round(worker.get("avg_exec_us", 0.0), 2),
+        "worker_p99_exec_us": round(worker.get("p99_exec_us", 0.0), 2),
+    }
+
+
+__all__ = ["copy_pipeline", "hop", "percentiles_us", "sleep_until"]

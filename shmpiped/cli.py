@@ -1,0 +1,331 @@
+"""The ``shmpiped`` command line: thin click wrappers over the library.
+
+Every command's work is a function a test can call without a terminal; the
+commands only parse options, print and choose the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import click
+
+from . import __version__
+from .errors import ConfigValidationError, NamespaceBusyError, SharedMemoryError, WorkerProcessError
+
+# Exit statuses (also documented in the README).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_PIPELINE_FAILED = 70   # EX_SOFTWARE: a worker failed
+EXIT_CANT_CREATE = 73       # EX_CANTCREAT: shared memory could not be created
+EXIT_NAMESPACE_BUSY = 75    # EX_TEMPFAIL: another live process owns the namespace
+EXIT_CONFIG = 78            # EX_CONFIG: invalid pipeline configuration
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shmpiped")
+@click.option("--log-level", default="INFO", envvar="SHMPIPED_LOG_LEVEL", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def main(log_level: str) -> None:
+    """Real-time pipelines over /dev/shm streams, one worker process per kernel."""
+    _setup_logging(log_level)
+
+
+# ---------------------------------------------------------------------- validate / describe
+def load_and_validate(path: str):
+    """(config, errors): every load-time and graph/registry error of ``path``."""
+    from .config import PipelineConfig
+    from .validation import validate_pipeline_config
+
+    try:
+        config = PipelineConfig.from_yaml(path)
+    except ConfigValidationError as exc:
+        return None, list(exc.errors or (str(exc),))
+    except OSError as exc:
+        return None, [f"cannot read {path}: {exc.strerror or exc}"]
+    return config, validate_pipeline_config(config)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(files) -> None:
+    """Check pipeline files; print every error (exit 78 if any file is invalid)."""
+    invalid = False
+    for path in files:
+        _, errors = load_and_validate(path)
+        if errors:
+            invalid = True
+            click.echo(f"{path}: invalid ({len(errors)} error{'s' if len(errors) > 1 else ''})")
+            for error in errors:
+                click.echo(f"  - {error}")
+        else:
+            click.echo(f"{path}: valid")
+    sys.exit(EXIT_CONFIG if invalid else EXIT_OK)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the graph as JSON.")
+def describe(file: str, as_json: bool) -> None:
+    """Print the pipeline graph: streams with roles, sources, kernels, sinks."""
+    from .graph import PipelineGraph
+
+    config, errors = load_and_validate(file)
+    if errors:
+        for error in errors:
+            click.echo(f"- {error}", err=True)
+        sys.exit(EXIT_CONFIG)
+    graph = PipelineGraph(config)
+    if as_json:
+        click.echo(json.dumps(graph.to_dict(), indent=2, sort_keys=True, default=list))
+    else:
+        click.echo(graph.describe())
+
+
+# ---------------------------------------------------------------------- run
+class _StopRequested(Exception):
+    pass
+
+
+def run_pipeline(path: str | None, *, duration: float | None, namespace: str | None,
+                 status_interval: float, echo=click.echo) -> int:
+    """Build and run a pipeline (the demo when ``path`` is None) until stopped; exit status."""
+    from .config import PipelineConfig
+    from .demo import demo_path
+    from .manager import PipelineManager
+    from .validation import validate_pipeline_config
+
+    log = logging.getLogger("shmpiped.run")
+    source = str(path) if path else str(demo_path())
+    try:
+        config = PipelineConfig.from_yaml(source)
+        if namespace:
+            config = config.replace(namespace=namespace)
+        errors = validate_pipeline_config(config)
+        if errors:
+            raise ConfigValidationError(errors[0], errors=errors)
+    except ConfigValidationError as exc:
+        for error in exc.errors or (str(exc),):
+            echo(f"invalid configuration: {error}", err=True)
+        return EXIT_CONFIG
+
+    def on_signal(signum, frame):
+        raise _StopRequested(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    manager = PipelineManager(config)
+    status = EXIT_OK
+    try:
+        manager.build()
+        manager.start()
+        log.info("pipeline %r running from %s (%d workers)", manager.namespace, source, len(manager.workers))
+        deadline = None if duration is None else time.monotonic() + duration
+        next_report = time.monotonic()
+        while deadline is None or time.monotonic() < deadline:
+            snapshot = manager.status()
+            if snapshot["state"] == "failed":
+                manager.raise_if_failed()
+            if time.monotonic() >= next_report:
+                log.info("%s", status_line(snapshot))
+                next_report = time.monotonic() + status_interval
+            time.sleep(0.1)
+    except _StopRequested as exc:
+        log.info("received %s, stopping", exc)
+    except ConfigValidationError as exc:
+        echo(f"invalid configuration: {exc}", err=True)
+        status = EXIT_CONFIG
+    except NamespaceBusyError as exc:
+        echo(f"error: {exc}", err=True)
+        status = EXIT_NAMESPACE_BUSY
+    except SharedMemoryError as exc:
+        echo(f"error: {exc}", err=True)
+        status = EXIT_CANT_CREATE
+    except WorkerProcessError as exc:
+        echo(f"pipeline failed: {exc}", err=True)
+        status = EXIT_PIPELINE_FAILED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        manager.shutdown(force=True)
+    return status
+
+
+def status_line(snapshot: dict) -> str:
+    """One line: state, workers active/total, and the rate of the last worker."""
+    summary = snapshot["summary"]
+    rates = [w.get("throughput_hz", 0.0) for w in snapshot["workers"].values()]
+    rate = f", loop {rates[-1]:.1f} Hz" if rates else ""
+    return (f"state={snapshot['state']} workers active={summary['active_workers']}/"
+            f"{summary['workers_total']} failed={summary['failed_workers']}{rate}")
+
+
+@main.command()
+@click.argument("pipeline", required=False, type=click.Path(dir_okay=False), envvar="SHMPIPED_PIPELINE")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None, help="Override the YAML namespace.")
+@click.option("--status-interval", type=float, default=5.0, show_default=True,
+              help="Seconds between status lines on stderr.")
+def run(pipeline: str | None, duration: float | None, namespace: str | None, status_interval: float) -> None:
+    """Run PIPELINE (default: the embedded adaptive-optics demo) in the foreground."""
+    sys.exit(run_pipeline(pipeline, duration=duration, namespace=namespace, status_interval=status_interval))
+
+
+# ---------------------------------------------------------------------- shm
+@main.group()
+def shm() -> None:
+    """Inspect and clean shmpiped segments in /dev/shm."""
+
+
+def list_segments(namespace: str | None = None) -> list[dict]:
+    """Every shmpiped segment in /dev/shm, with its owner and whether it is stale."""
+    from .shm import layout
+    from .shm.segment import Segment, lock_holder_alive
+
+    rows = []
+    for name in sorted(os.listdir(layout.DEV_SHM)):
+        parsed = layout.parse_segment_name(name)
+        if parsed is None or (namespace and parsed[0] != namespace):
+            continue
+        row = {"segment": name, "namespace": parsed[0], "stream": parsed[1],
+               "kind": "namespace" if parsed[1] is None else "stream",
+               "size": os.stat(os.path.join(layout.DEV_SHM, name)).st_size}
+        try:
+            segment = Segment.open(name, writable=False)
+        except (OSError, ValueError) as exc:
+            row.update(owner_pid=None, alive=False, stale=True, detail=str(exc))
+        else:
+            alive = lock_holder_alive(segment.path)
+            kept = bool(segment.header(layout.H_FLAGS) & layout.FLAG_KEPT)
+            row.update(owner_pid=segment.owner().pid, alive=alive, stale=not alive and not kept)
+            if row["kind"] == "stream":
+                from .shm.stream import Stream
+
+                stream = Stream(segment, parsed[1], parsed[0])
+                row.update(shape=list(stream.shape), dtype=stream.dtype.name, count=stream.count)
+                stream.close()
+            else:
+                segment.close()
+        rows.append(row)
+    return rows
+
+
+@shm.command("ls")
+@click.option("--namespace", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def shm_ls(namespace: str | None, as_json: bool) -> None:
+    """List shmpiped segments: namespace, stream, shape, count, owner, stale."""
+    rows = list_segments(namespace)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no shmpiped segments in /dev/shm")
+        return
+    for row in rows:
+        shape = f"{tuple(row['shape'])} {row['dtype']} count={row['count']}" if "shape" in row else ""
+        owner = f"pid {row['owner_pid']} {'alive' if row['alive'] else 'gone'}"
+        click.echo(f"{row['segment']:<48} {row['kind']:<9} {shape:<36} {owner}{' STALE' if row['stale'] else ''}")
+
+
+@shm.command("rm")
+@click.option("--namespace", default=None, help="Only this namespace.")
+@click.option("--force", is_flag=True, help="Also remove segments whose owner is alive.")
+def shm_rm(namespace: str | None, force: bool) -> None:
+    """Remove stale shmpiped segments (all of a namespace's with --force)."""
+    from .shm import layout
+
+    refused = 0
+    for row in list_segments(namespace):
+        if row["alive"] and not force:
+            refused += 1
+            continue
+        if not row["stale"] and not force and not namespace:
+            continue
+        os.unlink(os.path.join(layout.DEV_SHM, row["segment"]))
+        click.echo(f"removed {row['segment']}")
+    if refused:
+        click.echo(f"kept {refused} segment(s) owned by live processes (use --force to remove them)", err=True)
+
+
+# ---------------------------------------------------------------------- kinds
+@main.command()
+def kinds() -> None:
+    """List the registered kernel, source and sink kinds."""
+    from .kernels.registry import default_registry
+
+    registry = default_registry()
+    for title, names in (("kernels", registry.kinds()), ("sources", registry.source_kinds()),
+                         ("sinks", registry.sink_kinds())):
+        click.echo(f"{title}:")
+        for name in names:
+            click.echo(f"  {name}")
+
+
+# ---------------------------------------------------------------------- bench
+@main.group()
+def bench() -> None:
+    """Latency benchmarks (figures in microseconds)."""
+
+
+def _print_results(results: list[dict], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        line = (f"{r['benchmark']:<5} {r['mode']:<10} {r['wait_strategy']:<6} "
+                f"p50={r.get('p50_us', 0):8.1f}  p99={r.get('p99_us', 0):8.1f}  max={r.get('max_us', 0):8.1f} us")
+        if "rate_hz" in r:
+            line += f"  rate={r['rate_hz']:9.1f} Hz"
+        if r.get("same_core"):
+            line += "  (same core)"
+        if "worker_avg_exec_us" in r:
+            line += f"  worker exec avg={r['worker_avg_exec_us']:.1f} us"
+        if "telemetry" in r and not r["telemetry"]:
+            line += "  (telemetry off)"
+        click.echo(line)
+
+
+@bench.command("hop")
+@click.option("--frames", type=int, default=5000, show_default=True)
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Paced rate in Hz.")
+@click.option("--strategy", type=click.Choice(["futex", "hybrid", "spin"]), default="futex", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_hop(frames: int, rate: float, strategy: str, as_json: bool) -> None:
+    """One hop writer process -> reader process: paced, lock-step, across and on one core."""
+    from .bench import hop
+
+    results = [hop(rate, frames, strategy), hop(None, frames, strategy),
+               hop(rate, frames, strategy, same_core=True), hop(None, frames, strategy, same_core=True)]
+    _print_results(results, as_json)
+
+
+@bench.command("copy")
+@click.option("--frames", type=int, default=5000, show_default=True)
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Paced rate in Hz.")
+@click.option("--strategy", type=click.Choice(["futex", "hybrid", "spin"]), default="futex", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_copy(frames: int, rate: float, strategy: str, as_json: bool) -> None:
+    """End-to-end latency of a one-stage copy pipeline: paced and lock-step, telemetry on/off."""
+    from .bench import copy_pipeline
+
+    results = [copy_pipeline(rate, frames, strategy), copy_pipeline(None, frames, strategy),
+               copy_pipeline(rate, frames, strategy, telemetry=False),
+               copy_pipeline(None, frames, strategy, telemetry=False)]
+    _print_results(results, as_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
