@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import layout
 from ..errors import SharedMemoryError
+from . import layout
 
 
 def shm_path(name: str) -> str:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import NamespaceBusyError, SharedMemoryError
 from . import _sync, layout
 from .segment import OwnerIdentity, Segment
-from ..errors import NamespaceBusyError, SharedMemoryError
 
 _U64 = np.dtype("<u8")
 

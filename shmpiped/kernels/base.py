@@ -1,0 +1,316 @@
+"""The plugin contracts: kernels (worker processes), sources and sinks (manager threads).
+
+This module owns what every plugin sees:
+
+- ``KernelContext`` and ``Kernel``: a kernel is validated from its config
+  (``validate_config``, a classmethod that starts with the base arity and
+  storage checks of spec 1.6), allocates every buffer it needs in
+  ``__init__`` and then computes each frame straight into the output view.
+  Kernels are written once against the array namespace ``context.xp``
+  (numpy for ``cpu`` storage, cupy for ``gpu``), so the GPU twin of a CPU
+  kernel is a one-line subclass that only changes ``kind`` and ``storage``
+  (see ``shmpiped.kernels.gpu``).
+- ``SourceContext``/``Source`` and ``SinkContext``/``Sink`` (spec 10.5),
+  with the shared endpoint helpers ``stop_requested``, ``paused``, ``wait``,
+  ``read_auxiliary`` and ``plugin_metrics``. The manager hands the runtime
+  hooks in through the context (``stop_event``, ``pause_event``,
+  ``auxiliary_streams``); each has a safe default so a plugin can be built
+  and driven directly in a test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy
+
+from shmpiped.errors import ConfigValidationError
+
+if TYPE_CHECKING:
+    from shmpiped.config import KernelConfig, SharedMemoryConfig, SinkConfig, SourceConfig
+
+#: Longest single sleep inside ``wait()``, so a stop request is seen quickly.
+WAIT_SLICE_S = 0.05
+
+
+def array_namespace(storage: str) -> ModuleType:
+    """Return the array module that computes on ``storage`` ("cpu" or "gpu")."""
+    if storage == "gpu":
+        import cupy  # imported only for GPU kernels; absent on CPU-only hosts
+
+        return cupy
+    return numpy
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@dataclass(frozen=True)
+class KernelContext:
+    """What a kernel instance knows: its config, the stream specs and where to find files."""
+
+    config: KernelConfig
+    shared_memory: Mapping[str, SharedMemoryConfig]  # stream name -> spec
+    config_base_dir: str = field(default_factory=os.getcwd)
+    xp: ModuleType = numpy
+
+    @property
+    def input_specs(self) -> tuple:
+        """Trigger inputs then auxiliary streams, in config order."""
+        return tuple(self.shared_memory[name] for name in self.config.all_inputs)
+
+    @property
+    def trigger_input_spec(self):
+        """The primary (first) trigger input stream."""
+        return self.shared_memory[self.config.input]
+
+    @property
+    def trigger_input_specs(self) -> tuple:
+        return tuple(self.shared_memory[name] for name in self.config.trigger_inputs)
+
+    @property
+    def auxiliary_specs(self) -> dict:
+        """Auxiliary stream specs keyed by alias."""
+        return {binding.alias: self.shared_memory[binding.name] for binding in self.config.auxiliary}
+
+    @property
+    def output_spec(self):
+        """The primary (first) output stream."""
+        return self.shared_memory[self.config.output]
+
+    @property
+    def output_specs(self) -> tuple:
+        return tuple(self.shared_memory[name] for name in self.config.all_outputs)
+
+
+class Kernel:
+    """Base class of every compute kernel.
+
+    Subclasses set ``kind`` and the arities, extend ``validate_config`` (calling
+    ``super()`` first), allocate their state and scratch buffers in ``__init__``
+    and implement ``compute_into``. ``compute_into`` writes into ``output`` with
+    ``out=`` and must not allocate arrays.
+    """
+
+    kind: str = ""
+    storage: str = "cpu"
+    input_arity: int | None = 1
+    auxiliary_arity: int | None = 0
+    output_arity: int | None = 1
+    #: Legacy kinds warn with DeprecationWarning when the registry resolves them.
+    deprecated: bool = False
+
+    @classmethod
+    def validate_config(cls, config, shared_memory: Mapping[str, Any]) -> None:
+        """Raise ConfigValidationError when ``config`` cannot run on this kernel class."""
+        inputs = tuple(config.inputs)
+        outputs = tuple(config.outputs)
+        if cls.input_arity is not None and len(inputs) != cls.input_arity:
+            raise ConfigValidationError(
+                f"kernel kind {cls.kind!r} expects {cls.input_arity} trigger input stream(s), "
+                f"got {len(inputs)}"
+            )
+        if cls.auxiliary_arity is not None and len(config.auxiliary) != cls.auxiliary_arity:
+            raise ConfigValidationError(
+                f"kernel kind {cls.kind!r} expects {cls.auxiliary_arity} auxiliary streams"
+            )
+        if cls.output_arity is not None and len(outputs) != cls.output_arity:
+            raise ConfigValidationError(
+                f"kernel kind {cls.kind!r} expects {cls.output_arity} output stream(s), "
+                f"got {len(outputs)}"
+            )
+        for name in (*inputs, *(b.name for b in config.auxiliary), *outputs):
+            if shared_memory[name].storage != cls.storage:
+                raise ConfigValidationError(
+                    f"kernel {config.name!r} of kind {cls.kind!r} requires "
+                    f"{cls.storage} shared memory for {name!r}"
+                )
+
+    def __init__(self, context: KernelContext) -> None:
+        self.context = context
+        self.xp = context.xp
+
+    def compute_into(self, trigger_input, output, auxiliary_inputs: Mapping[str, Any]) -> None:
+        """Compute one frame into ``output`` (single-output kernels)."""
+        raise NotImplementedError(f"kernel kind {self.kind!r} does not implement compute_into")
+
+    def compute_into_multiple(self, trigger_input, outputs, auxiliary_inputs: Mapping[str, Any]) -> None:
+        """Compute one frame into every output; the default serves single-output kernels."""
+        self.compute_into(trigger_input, outputs[0], auxiliary_inputs)
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def _auxiliary_specs(context) -> dict:
+    return {binding.alias: context.shared_memory[binding.name] for binding in context.config.auxiliary}
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source instance knows, plus the runtime hooks the manager supplies."""
+
+    config: SourceConfig
+    shared_memory: Mapping[str, SharedMemoryConfig]
+    config_base_dir: str = field(default_factory=os.getcwd)
+    auxiliary_streams: Mapping[str, Any] = field(default_factory=dict)  # alias -> live handle
+    stop_event: Any = None  # threading.Event set when the manager stops the source
+    pause_event: Any = None  # threading.Event set while the pipeline is paused
+
+    @property
+    def stream_spec(self):
+        """The primary output stream."""
+        return self.shared_memory[self.config.stream]
+
+    @property
+    def output_specs(self) -> tuple:
+        return tuple(self.shared_memory[name] for name in self.config.streams)
+
+    @property
+    def auxiliary_specs(self) -> dict:
+        return _auxiliary_specs(self)
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink instance knows, plus the runtime hooks the manager supplies."""
+
+    config: SinkConfig
+    shared_memory: Mapping[str, SharedMemoryConfig]
+    config_base_dir: str = field(default_factory=os.getcwd)
+    auxiliary_streams: Mapping[str, Any] = field(default_factory=dict)
+    stop_event: Any = None
+    pause_event: Any = None
+
+    @property
+    def stream_spec(self):
+        """The stream the sink consumes."""
+        return self.shared_memory[self.config.stream]
+
+    @property
+    def output_specs(self) -> tuple:
+        """The streams the sink itself writes (stateful endpoints)."""
+        return tuple(self.shared_memory[name] for name in self.config.outputs)
+
+    @property
+    def auxiliary_specs(self) -> dict:
+        return _auxiliary_specs(self)
+
+
+class _Endpoint:
+    """Helpers shared by sources and sinks; both run as threads in the manager."""
+
+    kind: str = ""
+    storage: str = "cpu"
+    _role = "endpoint"
+
+    def __init__(self, context) -> None:
+        self.context = context
+
+    @classmethod
+    def _require_storage(cls, config, shared_memory, name: str, what: str = "") -> None:
+        if shared_memory[name].storage != cls.storage:
+            raise ConfigValidationError(
+                f"{cls._role} {config.name!r} of kind {cls.kind!r} requires "
+                f"{cls.storage} shared memory for {what}{name!r}"
+            )
+
+    def open(self) -> None:
+        """Acquire resources; called in the manager thread before the plugin thread starts."""
+
+    def close(self) -> None:
+        """Release what ``open`` acquired."""
+
+    def stop_requested(self) -> bool:
+        event = self.context.stop_event
+        return bool(event is not None and event.is_set())
+
+    def paused(self) -> bool:
+        event = self.context.pause_event
+        return bool(event is not None and event.is_set())
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` in slices of at most 50 ms; True when a stop was requested."""
+        deadline = time.monotonic() + max(0.0, float(seconds))
+        while not self.stop_requested():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.0:
+                return False
+            time.sleep(min(remaining, WAIT_SLICE_S))
+        return True
+
+    def read_auxiliary(self, alias: str, timeout: float = 0.01):
+        """The newest value of auxiliary ``alias`` as a private copy, or None.
+
+        None means: the alias is not bound, nothing was published yet, or the
+        handle raised TimeoutError. ``shm.Stream.read()`` never blocks (it
+        re-reads when lapped by the writer), so ``timeout`` only keeps
+        shmpipeline's signature.
+        """
+        stream = self.context.auxiliary_streams.get(alias)
+        if stream is None:
+            return None
+        try:
+            if stream.count <= 0:
+                return None
+            return stream.read()
+        except TimeoutError:
+            return None
+
+    def plugin_metrics(self) -> dict:
+        """Plugin-specific numbers for status(); empty by default."""
+        return {}
+
+
+class Source(_Endpoint):
+    """A thread plugin that writes one or more streams (spec 10.5).
+
+    Single-stream sources implement ``read()`` (return a payload, or None for
+    "nothing yet"); multi-stream sources implement ``produce(writers)`` and
+    return how many generations they wrote (0 or None for nothing). A source
+    that needs feedback lists the auxiliary aliases in ``required_feedback_aliases``.
+    """
+
+    _role = "source"
+    required_feedback_aliases: tuple[str, ...] = ()
+
+    @classmethod
+    def validate_config(cls, config, shared_memory: Mapping[str, Any]) -> None:
+        for name in config.streams:
+            cls._require_storage(config, shared_memory, name)
+        for binding in config.auxiliary:
+            cls._require_storage(config, shared_memory, binding.name, "auxiliary ")
+
+    def read(self):
+        raise NotImplementedError(f"source kind {self.kind!r} does not implement read()")
+
+    def produce(self, writers: Mapping[str, Any]):
+        raise NotImplementedError(f"source kind {self.kind!r} does not implement produce()")
+
+
+class Sink(_Endpoint):
+    """A thread plugin that consumes every publication of one stream (spec 10.5).
+
+    Stateful sinks (with ``outputs``) override ``consume_publication`` and
+    write through ``writers[name].write(value, frame_id=publication.frame_id)``.
+    """
+
+    _role = "sink"
+
+    @classmethod
+    def validate_config(cls, config, shared_memory: Mapping[str, Any]) -> None:
+        cls._require_storage(config, shared_memory, config.stream)
+        for binding in config.auxiliary:
+            cls._require_storage(config, shared_memory, binding.name, "auxiliary ")
+        for name in config.outputs:
+            cls._require_storage(config, shared_memory, name, "output ")
+
+    def consume(self, value) -> None:
+        raise NotImplementedError(f"sink kind {self.kind!r} does not implement consume()")
+
+    def consume_publication(self, publication, writers: Mapping[str, Any]) -> None:
+        self.consume(publication.payload)

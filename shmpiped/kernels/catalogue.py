@@ -1,0 +1,57 @@
+"""The built-in plugin classes the default registry starts from (spec 10.2 and 8)."""
+
+from __future__ import annotations
+
+from shmpiped.kernels.centroids import (
+    CentroidKernel,
+    ShackHartmannCentroidKernel,
+    SpotCentroidKernel,
+    TipTiltControllerKernel,
+)
+from shmpiped.kernels.custom_operation import CustomOperationKernel
+from shmpiped.kernels.diagnostics import RaiseErrorKernel
+from shmpiped.kernels.elementwise import (
+    AddConstantKernel,
+    CopyKernel,
+    ElementwiseAddKernel,
+    ElementwiseDivideKernel,
+    ElementwiseMultiplyKernel,
+    ElementwiseSubtractKernel,
+    ScaleKernel,
+    ScaleOffsetKernel,
+)
+from shmpiped.kernels.layout import ConcatenateKernel, FlattenKernel
+from shmpiped.kernels.linear import AffineTransformKernel, LeakyIntegratorKernel
+from shmpiped.kernels.null_sink import NullSink
+from shmpiped.kernels.reduce import ReduceKernel
+
+CPU_KERNELS = (
+    CopyKernel,
+    ScaleKernel,
+    AddConstantKernel,
+    ElementwiseAddKernel,
+    ElementwiseSubtractKernel,
+    ElementwiseMultiplyKernel,
+    ElementwiseDivideKernel,
+    ScaleOffsetKernel,
+    FlattenKernel,
+    ConcatenateKernel,
+    ReduceKernel,
+    AffineTransformKernel,
+    LeakyIntegratorKernel,
+    CustomOperationKernel,
+    SpotCentroidKernel,
+    ShackHartmannCentroidKernel,
+    CentroidKernel,
+    TipTiltControllerKernel,
+    RaiseErrorKernel,
+)
+
+BUILTIN_SINKS = (NullSink,)
+
+#: Built-in sources, resolved on first use. shmpiped/synthetic.py provides them;
+#: until that module exists, resolving one raises ImportError.
+BUILTIN_LAZY_SOURCES = {
+    "synthetic.array": "shmpiped.synthetic:SyntheticArraySource",
+    "synthetic.frame_set": "shmpiped.synthetic:SyntheticFrameSetSource",
+}

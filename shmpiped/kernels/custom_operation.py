@@ -1,0 +1,330 @@
+"""The ``custom_operation`` kernel and its expression language (spec 10.4).
+
+An ``operation`` such as ``(input - dark) * flat`` is parsed once with
+``ast`` (eval mode; user text is never evaluated), checked against the
+stream shapes and dtypes by running it on sample arrays, and compiled into
+a linear list of instructions. Each instruction calls one array function
+with ``out=``: the root writes straight into the output view, every
+intermediate result into a temporary allocated once when the kernel is made.
+
+The language: the names ``input`` and the auxiliary aliases; int and float
+constants; ``+ - * / @``; unary ``+ -``; the calls ``abs(x)``,
+``min/minimum(a, b)``, ``max/maximum(a, b)`` and ``clip(x, lo, hi)``.
+A subexpression of constants only is folded to a constant. An array operand
+whose dtype differs from the dtype of the operation, or that an element-wise
+operation would broadcast, is first copied into a temporary of the result's
+dtype and shape, so no array function buffers (and allocates) on the hot path.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Mapping
+
+import numpy
+
+from shmpiped.errors import ConfigValidationError
+from shmpiped.kernels.base import Kernel
+
+#: call name -> (array function, number of arguments)
+FUNCTIONS = {
+    "abs": ("absolute", 1),
+    "clip": ("clip", 3),
+    "max": ("maximum", 2),
+    "maximum": ("maximum", 2),
+    "min": ("minimum", 2),
+    "minimum": ("minimum", 2),
+}
+BINARY_OPERATORS = {
+    ast.Add: "add",
+    ast.Sub: "subtract",
+    ast.Mult: "multiply",
+    ast.Div: "divide",
+    ast.MatMult: "matmul",
+}
+UNARY_OPERATORS = {ast.UAdd: "positive", ast.USub: "negative"}
+#: Functions run with casting="unsafe" (spec 10.4); after the compiler's
+#: conversions their operands already have the result dtype.
+UNSAFE_CASTING = frozenset({"add", "subtract", "multiply", "divide", "copy"})
+
+
+@dataclass(frozen=True)
+class Operand:
+    """Where an instruction reads or writes: input, auxiliary, temporary, constant or output."""
+
+    kind: str
+    value: Any = None
+
+
+OUTPUT = Operand("output")
+
+
+@dataclass(frozen=True)
+class Instruction:
+    function: str  # array function name, or "copy"
+    destination: Operand  # output or temporary
+    operands: tuple[Operand, ...]
+
+
+@dataclass(frozen=True)
+class CompiledOperation:
+    """A checked operation: instructions plus the layout of its temporaries."""
+
+    expression: str
+    instructions: tuple[Instruction, ...]
+    temporaries: tuple[tuple[tuple[int, ...], numpy.dtype], ...]  # (shape, dtype) each
+    result_shape: tuple[int, ...]
+    result_dtype: numpy.dtype
+    names: tuple[str, ...]  # the stream names the expression reads, sorted
+
+
+@dataclass(frozen=True)
+class _Value:
+    operand: Operand
+    sample: Any  # a numpy array, or a Python number for constants
+    names: frozenset
+
+    @property
+    def is_constant(self) -> bool:
+        return self.operand.kind == "constant"
+
+
+class _Compiler:
+    def __init__(self, expression: str, kernel_name: str, streams: Mapping[str, tuple], output: tuple):
+        self.expression = expression
+        self.prefix = f"kernel {kernel_name!r}"
+        self.samples = {
+            name: numpy.broadcast_to(numpy.ones((), dtype=numpy.dtype(dtype)), tuple(shape))
+            for name, (shape, dtype) in streams.items()
+        }
+        self.output_shape = tuple(output[0])
+        self.output_dtype = numpy.dtype(output[1])
+        self.instructions: list[Instruction] = []
+        self.temporaries: list[tuple[tuple[int, ...], numpy.dtype]] = []
+
+    def error(self, text: str) -> ConfigValidationError:
+        return ConfigValidationError(f"{self.prefix} {text}")
+
+    def compile(self) -> CompiledOperation:
+        try:
+            tree = ast.parse(self.expression, mode="eval")
+        except SyntaxError as exc:
+            raise self.error(f"has invalid operation syntax: {exc.msg}") from exc
+        result = self.visit(tree.body, root=True)
+        if result.operand != OUTPUT:
+            self.instructions.append(Instruction("copy", OUTPUT, (result.operand,)))
+        shape = tuple(numpy.shape(result.sample))
+        if shape != self.output_shape:
+            raise self.error(
+                f"operation result shape {shape} does not match output shape {self.output_shape}"
+            )
+        dtype = numpy.asarray(result.sample).dtype
+        if dtype != self.output_dtype:
+            raise self.error(
+                f"operation result dtype {dtype.name} does not match output dtype {self.output_dtype.name}"
+            )
+        return CompiledOperation(
+            expression=self.expression,
+            instructions=tuple(self.instructions),
+            temporaries=tuple(self.temporaries),
+            result_shape=shape,
+            result_dtype=dtype,
+            names=tuple(sorted(result.names)),
+        )
+
+    # -- nodes
+
+    def visit(self, node: ast.AST, root: bool = False) -> _Value:
+        if isinstance(node, ast.Name):
+            return self.visit_name(node)
+        if isinstance(node, ast.Constant):
+            return self.visit_constant(node)
+        if isinstance(node, ast.UnaryOp):
+            function = UNARY_OPERATORS.get(type(node.op))
+            if function is None:
+                raise self.error("operation uses unsupported unary operator")
+            if function == "positive":  # +x is x itself
+                return self.visit(node.operand, root)
+            return self.apply(function, (self.visit(node.operand),), root)
+        if isinstance(node, ast.BinOp):
+            function = BINARY_OPERATORS.get(type(node.op))
+            if function is None:
+                raise self.error("operation uses unsupported binary operator")
+            return self.apply(function, (self.visit(node.left), self.visit(node.right)), root)
+        if isinstance(node, ast.Call):
+            return self.visit_call(node, root)
+        raise self.error(f"operation uses unsupported syntax: {type(node).__name__}")
+
+    def visit_name(self, node: ast.Name) -> _Value:
+        if node.id not in self.samples:
+            allowed = ", ".join(sorted(self.samples))
+            raise self.error(f"operation references unknown name {node.id!r}; allowed names are: {allowed}")
+        kind = "input" if node.id == "input" else "auxiliary"
+        return _Value(Operand(kind, node.id), self.samples[node.id], frozenset({node.id}))
+
+    def visit_constant(self, node: ast.Constant) -> _Value:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error("operation only supports numeric constants")
+        return _Value(Operand("constant", value), value, frozenset())
+
+    def visit_call(self, node: ast.Call, root: bool) -> _Value:
+        if node.keywords:
+            raise self.error("operation does not support keyword arguments")
+        if not isinstance(node.func, ast.Name):
+            raise self.error("operation only supports direct intrinsic calls")
+        entry = FUNCTIONS.get(node.func.id)
+        if entry is None:
+            allowed = ", ".join(sorted(FUNCTIONS))
+            raise self.error(
+                f"operation uses unsupported function {node.func.id!r}; allowed functions are: {allowed}"
+            )
+        function, arity = entry
+        if len(node.args) != arity:
+            raise self.error(f"operation function {node.func.id!r} expects {arity} arguments")
+        return self.apply(function, tuple(self.visit(argument) for argument in node.args), root)
+
+    # -- instructions
+
+    def apply(self, function: str, arguments: tuple[_Value, ...], root: bool) -> _Value:
+        names = frozenset().union(*(argument.names for argument in arguments))
+        try:
+            with numpy.errstate(all="ignore"):
+                sample = getattr(numpy, function)(*(argument.sample for argument in arguments))
+        except Exception as exc:  # numpy's own shape/type error, reported to the user
+            raise self.error(f"operation is invalid for the configured stream shapes: {exc}") from exc
+        if all(argument.is_constant for argument in arguments):
+            constant = numpy.asarray(sample).item()
+            return _Value(Operand("constant", constant), constant, names)
+        sample = numpy.asarray(sample)
+        shape = None if function == "matmul" else sample.shape
+        operands = tuple(self.converted(argument, sample.dtype, shape) for argument in arguments)
+        destination = OUTPUT if root else self.temporary(sample.shape, sample.dtype)
+        self.instructions.append(Instruction(function, destination, operands))
+        return _Value(destination, sample, names)
+
+    def converted(self, argument: _Value, dtype: numpy.dtype, shape: tuple | None) -> Operand:
+        """The operand itself, or a temporary holding it as ``dtype`` (and broadcast to ``shape``).
+
+        NumPy buffers, so allocates, on every call whose operands need a cast or
+        broadcast a multi-element array; a ``copyto`` into a temporary does neither.
+        """
+        if argument.is_constant:
+            return argument.operand
+        sample = numpy.asarray(argument.sample)
+        broadcast = shape is not None and sample.shape != shape and sample.size > 1
+        if sample.dtype == dtype and not broadcast:
+            return argument.operand
+        temporary = self.temporary(shape if broadcast else sample.shape, dtype)
+        self.instructions.append(Instruction("copy", temporary, (argument.operand,)))
+        return temporary
+
+    def temporary(self, shape, dtype) -> Operand:
+        self.temporaries.append((tuple(shape), numpy.dtype(dtype)))
+        return Operand("temporary", len(self.temporaries) - 1)
+
+
+def compile_operation(
+    expression: str,
+    *,
+    kernel_name: str,
+    streams: Mapping[str, tuple],
+    output: tuple,
+) -> CompiledOperation:
+    """Check and compile ``expression``.
+
+    ``streams`` maps each name the expression may use (``input`` and the
+    auxiliary aliases) to ``(shape, dtype)``; ``output`` is ``(shape, dtype)``.
+    Raises ConfigValidationError with the spec's messages.
+    """
+    return _Compiler(expression, kernel_name, streams, output).compile()
+
+
+class OperationProgram:
+    """A compiled operation bound to an array namespace, with its temporaries allocated."""
+
+    def __init__(self, compiled: CompiledOperation, xp: ModuleType) -> None:
+        self.compiled = compiled
+        self.xp = xp
+        self.temporaries = tuple(xp.empty(shape, dtype=dtype) for shape, dtype in compiled.temporaries)
+        self._steps = tuple(self._bind(instruction) for instruction in compiled.instructions)
+
+    def _bind(self, instruction: Instruction):
+        xp = self.xp
+        if instruction.function == "copy":
+            function = xp.copyto
+        else:
+            function = getattr(xp, instruction.function)
+        options = {"casting": "unsafe"} if instruction.function in UNSAFE_CASTING else {}
+        destination = self._bind_operand(instruction.destination)
+        operands = tuple(self._bind_operand(operand) for operand in instruction.operands)
+        return instruction.function == "copy", function, destination, operands, options
+
+    def _bind_operand(self, operand: Operand):
+        """Temporaries and constants are resolved now; streams and the output per frame."""
+        if operand.kind == "temporary":
+            return self.temporaries[operand.value]
+        if operand.kind == "constant":
+            return operand.value
+        return operand  # input / auxiliary / output: an Operand marker
+
+    @staticmethod
+    def _value(operand, trigger_input, auxiliary_inputs, output):
+        if not isinstance(operand, Operand):
+            return operand  # a temporary array or a constant, bound at construction
+        if operand.kind == "input":
+            return trigger_input
+        if operand.kind == "auxiliary":
+            return auxiliary_inputs[operand.value]
+        return output
+
+    def run(self, trigger_input, auxiliary_inputs: Mapping[str, Any], output) -> None:
+        """Execute every instruction; the last one writes ``output``."""
+        value = self._value
+        for is_copy, function, destination, operands, options in self._steps:
+            arguments = [value(operand, trigger_input, auxiliary_inputs, output) for operand in operands]
+            target = value(destination, trigger_input, auxiliary_inputs, output)
+            if is_copy:
+                function(target, arguments[0], **options)
+            else:
+                function(*arguments, out=target, **options)
+
+
+class CustomOperationKernel(Kernel):
+    """output = the kernel's ``operation`` expression over input and its auxiliary aliases."""
+
+    kind = "cpu.custom_operation"
+    auxiliary_arity = None
+
+    @classmethod
+    def compiled_operation(cls, config, shared_memory) -> CompiledOperation:
+        """Check the binding and compile its ``operation`` (raises ConfigValidationError)."""
+        if not config.operation:
+            raise ConfigValidationError(
+                f"kernel {config.name!r} of kind {cls.kind!r} requires an 'operation' field"
+            )
+        if any(binding.alias == "input" for binding in config.auxiliary):
+            raise ConfigValidationError(f"kernel {config.name!r} cannot bind auxiliary alias 'input'")
+        streams = {"input": shared_memory[config.input]}
+        streams.update({binding.alias: shared_memory[binding.name] for binding in config.auxiliary})
+        output = shared_memory[config.output]
+        return compile_operation(
+            config.operation,
+            kernel_name=config.name,
+            streams={name: (tuple(spec.shape), spec.dtype) for name, spec in streams.items()},
+            output=(tuple(output.shape), output.dtype),
+        )
+
+    @classmethod
+    def validate_config(cls, config, shared_memory) -> None:
+        super().validate_config(config, shared_memory)
+        cls.compiled_operation(config, shared_memory)
+
+    def __init__(self, context) -> None:
+        super().__init__(context)
+        self.program = OperationProgram(self.compiled_operation(context.config, context.shared_memory), self.xp)
+
+    def compute_into(self, trigger_input, output, auxiliary_inputs) -> None:
+        self.program.run(trigger_input, auxiliary_inputs, output)

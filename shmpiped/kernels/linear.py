@@ -1,0 +1,175 @@
+"""Linear control kernels: affine_transform (y = A x + b) and leaky_integrator."""
+
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from shmpiped.errors import ConfigValidationError
+from shmpiped.kernels.base import Kernel
+from shmpiped.kernels.checks import (
+    is_integer,
+    numeric_parameter,
+    require_same_shape_and_dtype,
+    stream_dtype,
+)
+
+
+def limit_blas_threads(count: int):
+    """Cap the BLAS thread pool of this process at ``count`` when threadpoolctl is installed.
+
+    threadpoolctl is optional (not a dependency): without it the setting is
+    ignored and BLAS keeps its own default. Returns the limiter, or None.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=count, user_api="blas")
+
+
+class AffineTransformKernel(Kernel):
+    """output = A @ input + b; auxiliary #1 is the matrix A (m, n), #2 the offset b (m,)."""
+
+    kind = "cpu.affine_transform"
+    auxiliary_arity = 2
+
+    @classmethod
+    def validate_config(cls, config, shared_memory) -> None:
+        super().validate_config(config, shared_memory)
+        name = config.name
+        vector = tuple(shared_memory[config.input].shape)
+        matrix = tuple(shared_memory[config.auxiliary[0].name].shape)
+        offset = tuple(shared_memory[config.auxiliary[1].name].shape)
+        output = tuple(shared_memory[config.output].shape)
+        if len(vector) != 1:
+            raise ConfigValidationError(f"kernel {name!r} requires a 1D input vector")
+        if len(matrix) != 2:
+            raise ConfigValidationError(f"kernel {name!r} requires a 2D transform matrix")
+        if len(offset) != 1:
+            raise ConfigValidationError(f"kernel {name!r} requires a 1D offset vector")
+        if len(output) != 1:
+            raise ConfigValidationError(f"kernel {name!r} requires a 1D output vector")
+        if matrix[1] != vector[0]:
+            raise ConfigValidationError(
+                f"kernel {name!r} requires matrix columns to match input vector length"
+            )
+        if matrix[0] != offset[0]:
+            raise ConfigValidationError(
+                f"kernel {name!r} requires matrix rows to match offset vector length"
+            )
+        if output[0] != matrix[0]:
+            raise ConfigValidationError(
+                f"kernel {name!r} requires output vector length to match matrix rows"
+            )
+        streams = (config.input, config.auxiliary[0].name, config.auxiliary[1].name, config.output)
+        if len({stream_dtype(shared_memory, stream) for stream in streams}) != 1:
+            raise ConfigValidationError(
+                f"kernel {name!r} requires matching dtypes across all affine inputs and outputs"
+            )
+        threads = config.parameters.get("blas_threads", 1)
+        if not is_integer(threads) or threads <= 0:
+            raise ConfigValidationError(
+                f"kernel {name!r} requires 'blas_threads' to be a positive integer"
+            )
+
+    def __init__(self, context) -> None:
+        super().__init__(context)
+        self._matrix_alias = context.config.auxiliary[0].alias
+        self._offset_alias = context.config.auxiliary[1].alias
+        self.blas_threads = int(context.config.parameters.get("blas_threads", 1))
+        self._blas_limiter = limit_blas_threads(self.blas_threads) if self.storage == "cpu" else None
+
+    def compute_into(self, trigger_input, output, auxiliary_inputs) -> None:
+        xp = self.xp
+        xp.matmul(auxiliary_inputs[self._matrix_alias], trigger_input, out=output)
+        xp.add(output, auxiliary_inputs[self._offset_alias], out=output)
+
+
+LEAKY_INTEGRATOR_ALIASES = ("gain", "leak", "override_enabled")
+
+
+def _parameter_required(config, name: str) -> bool:
+    """leak/gain parameters are needed unless bound as auxiliaries without an override switch."""
+    aliases = {binding.alias for binding in config.auxiliary}
+    return name not in aliases or "override_enabled" in aliases
+
+
+class LeakyIntegratorKernel(Kernel):
+    """state = leak * state + gain * input; output = state (state starts at zero).
+
+    leak and gain come from the parameters or from single-element auxiliary
+    streams of those aliases. With an ``override_enabled`` auxiliary bound, the
+    auxiliary leak/gain apply only while it is non-zero, the parameters otherwise.
+    Integer streams integrate in float64 and are cast once per frame.
+    """
+
+    kind = "cpu.leaky_integrator"
+    auxiliary_arity = None
+
+    @classmethod
+    def validate_config(cls, config, shared_memory) -> None:
+        super().validate_config(config, shared_memory)
+        require_same_shape_and_dtype(config, shared_memory)
+        if len(shared_memory[config.input].shape) != 1:
+            raise ConfigValidationError(f"kernel {config.name!r} requires 1D input and output vectors")
+        for binding in config.auxiliary:
+            if binding.alias not in LEAKY_INTEGRATOR_ALIASES:
+                raise ConfigValidationError(
+                    f"kernel {config.name!r} does not accept auxiliary alias {binding.alias!r}; "
+                    f"allowed aliases are: {', '.join(LEAKY_INTEGRATOR_ALIASES)}"
+                )
+            spec = shared_memory[binding.name]
+            if math.prod(tuple(spec.shape)) != 1 or numpy.dtype(spec.dtype).kind not in "biuf":
+                raise ConfigValidationError(
+                    f"kernel {config.name!r} requires auxiliary {binding.alias!r} "
+                    "to be a single-element numeric stream"
+                )
+        for name in ("leak", "gain"):
+            if _parameter_required(config, name) or name in config.parameters:
+                numeric_parameter(config, name)
+
+    def __init__(self, context) -> None:
+        super().__init__(context)
+        xp = self.xp
+        config = context.config
+        shape = tuple(context.output_spec.shape)
+        dtype = numpy.dtype(context.output_spec.dtype)
+        work = dtype if dtype.kind in "fc" else numpy.dtype(numpy.float64)
+        parameters = config.parameters
+        self.leak = parameters.get("leak")
+        self.gain = parameters.get("gain")
+        aliases = {binding.alias for binding in config.auxiliary}
+        self._leak_alias = "leak" if "leak" in aliases else None
+        self._gain_alias = "gain" if "gain" in aliases else None
+        self._override_alias = "override_enabled" if "override_enabled" in aliases else None
+        self.state = xp.zeros(shape, dtype=work)
+        self._gain_term = xp.empty(shape, dtype=work)
+        self._input_buffer = None if work == dtype else xp.empty(shape, dtype=work)
+        self._leak_buffer = xp.empty((1,), dtype=work)
+        self._gain_buffer = xp.empty((1,), dtype=work)
+
+    def _auxiliary_coefficients_active(self, auxiliary_inputs) -> bool:
+        if self._override_alias is None:
+            return True
+        return float(auxiliary_inputs[self._override_alias].reshape(-1)[0]) != 0.0
+
+    def compute_into(self, trigger_input, output, auxiliary_inputs) -> None:
+        xp = self.xp
+        leak, gain = self.leak, self.gain
+        if self._auxiliary_coefficients_active(auxiliary_inputs):
+            if self._leak_alias is not None:
+                xp.copyto(self._leak_buffer, auxiliary_inputs[self._leak_alias].reshape(1), casting="unsafe")
+                leak = self._leak_buffer
+            if self._gain_alias is not None:
+                xp.copyto(self._gain_buffer, auxiliary_inputs[self._gain_alias].reshape(1), casting="unsafe")
+                gain = self._gain_buffer
+        source = trigger_input
+        if self._input_buffer is not None:
+            xp.copyto(self._input_buffer, trigger_input, casting="unsafe")
+            source = self._input_buffer
+        xp.multiply(self.state, leak, out=self.state)
+        xp.multiply(source, gain, out=self._gain_term)
+        xp.add(self.state, self._gain_term, out=self.state)
+        xp.copyto(output, self.state, casting="unsafe")

@@ -1,0 +1,147 @@
+"""Whole-pipeline validation before build (spec 1.6 and 6.4).
+
+``validate_pipeline_config`` returns every error message, in this order:
+
+1. the graph's multiple-producer errors (``PipelineGraph.validation_errors``);
+2. each kernel, source and sink checked by its class through the registry
+   (kind, arity, storage, shapes, dtypes, parameters);
+3. the feedback-path rule: a source that declares
+   ``required_feedback_aliases`` must receive, through a sink output, a
+   stream whose path back to the source's outputs runs only through kernels
+   that propagate the frame id.
+
+Each message ends with the file and line of the entry at fault
+(``PipelineConfig.locate``). ``raise_for_invalid`` raises them all at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shmpiped.errors import ConfigValidationError
+from shmpiped.graph import PipelineGraph
+
+__all__ = ["validate_pipeline_config", "raise_for_invalid", "feedback_path_errors"]
+
+
+def validate_pipeline_config(config, registry=None) -> list[str]:
+    """Every graph, registry and feedback-path error of ``config`` (empty when valid)."""
+    if registry is None:
+        from shmpiped.kernels.registry import default_registry
+
+        registry = default_registry()
+    errors = list(PipelineGraph(config).validation_errors())
+    streams = config.streams_by_name
+    for kernel in config.kernels:
+        errors.extend(_plugin_errors(config, kernel, "kernel", lambda e: registry.validate(e, streams)))
+    for source in config.sources:
+        errors.extend(_plugin_errors(config, source, "source", lambda e: registry.validate_source(e, streams)))
+    for sink in config.sinks:
+        errors.extend(_plugin_errors(config, sink, "sink", lambda e: registry.validate_sink(e, streams)))
+    errors.extend(feedback_path_errors(config, registry))
+    return errors
+
+
+def raise_for_invalid(config, registry=None) -> None:
+    """Raise ConfigValidationError carrying every error, if there is any."""
+    errors = validate_pipeline_config(config, registry)
+    if errors:
+        raise ConfigValidationError(errors=errors)
+
+
+def _plugin_errors(config, entry, role: str, validate) -> list[str]:
+    try:
+        validate(entry)
+    except ConfigValidationError as exc:
+        messages = exc.errors or (str(exc),)
+    except ImportError as exc:
+        messages = (f"{role} {entry.name!r} of kind {entry.kind!r} could not be loaded: {exc}",)
+    except (ValueError, TypeError) as exc:
+        # A plugin class with the wrong kind, or a plugin written for shmpipeline
+        # raising that package's own (ValueError-based) validation error.
+        messages = (str(exc),)
+    else:
+        return []
+    return [config.locate(message, entry) for message in messages]
+
+
+# --------------------------------------------------------------------------- feedback paths
+
+
+def feedback_path_errors(config, registry) -> list[str]:
+    """The spec 6.4 errors of every source that declares required feedback aliases."""
+    errors: list[str] = []
+    for source in config.sources:
+        try:
+            source_class = registry.get_source(source.kind)
+        except Exception:  # unknown or unloadable kind: already reported by the registry step
+            continue
+        for alias in tuple(getattr(source_class, "required_feedback_aliases", ()) or ()):
+            errors.extend(_feedback_alias_errors(config, source, alias))
+    return errors
+
+
+def _feedback_alias_errors(config, source, alias: str) -> list[str]:
+    bound = source.auxiliary_by_alias
+    if alias not in bound:
+        return [config.locate(f"source {source.name!r} requires feedback auxiliary alias {alias!r}", source)]
+    feedback = bound[alias]
+    sink = next((sink for sink in config.sinks if feedback in sink.outputs), None)
+    if sink is None:
+        return [config.locate(
+            f"feedback stream {feedback!r} for source {source.name!r} must be declared as a sink output",
+            source,
+        )]
+    trace = _FeedbackTrace(config, source)
+    reached, path, failure = trace.walk(sink.stream, frozenset())
+    errors = [
+        config.locate(
+            f"kernel {kernel.name!r} on feedback path for source {source.name!r} "
+            "must set propagate_frame_id: true",
+            kernel,
+        )
+        for kernel in path
+        if not kernel.propagate_frame_id
+    ]
+    if not reached:
+        prefix = f"feedback path for source {source.name!r} and stream {feedback!r}"
+        if failure == "cycle":
+            message = f"{prefix} contains a cycle before reaching a source output"
+        else:
+            message = f"{prefix} cannot trace sink input {sink.stream!r} to a source output"
+        errors.append(config.locate(message, source))
+    return errors
+
+
+class _FeedbackTrace:
+    """Walks from a sink's input back through producing kernels' trigger inputs."""
+
+    def __init__(self, config, source) -> None:
+        self.targets = set(source.streams)
+        self.producer: dict[str, Any] = {}
+        for kernel in config.kernels:
+            for output in kernel.outputs:
+                self.producer.setdefault(output, kernel)
+
+    def walk(self, stream: str, seen: frozenset) -> tuple[bool, list, str | None]:
+        """(reached a source output, kernels on the path, "cycle" | "untraceable" | None).
+
+        Every trigger input of a kernel is tried; the first branch that reaches
+        the source wins, otherwise the first branch's failure is reported.
+        """
+        if stream in self.targets:
+            return True, [], None
+        if stream in seen:
+            return False, [], "cycle"
+        kernel = self.producer.get(stream)
+        if kernel is None:
+            return False, [], "untraceable"
+        first_failure: tuple[list, str | None] | None = None
+        for trigger in kernel.inputs:
+            reached, path, failure = self.walk(trigger, seen | {stream})
+            if reached:
+                return True, [kernel, *path], None
+            if first_failure is None:
+                first_failure = (path, failure)
+        path, failure = first_failure if first_failure is not None else ([], "untraceable")
+        return False, [kernel, *path], failure
