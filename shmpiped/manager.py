@@ -30,21 +30,19 @@ import time
 import weakref
 from enum import Enum
 
-import numpy as np
-
 from . import health
 from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
 from .errors import (
     ConfigValidationError,
-    SharedMemoryError,
     StateTransitionError,
     WorkerProcessError,
 )
 from .graph import PipelineGraph
 from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpus
 from .shm import layout
-from .shm.stream import Stream, segment_is_stale
+from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
+from .streams import default_notify, provision_stream, remove_stale_segments, write_initial_value
 from .worker import WorkerSpec
 
 log = logging.getLogger("shmpiped.manager")
@@ -215,13 +213,11 @@ class PipelineManager:
                     log.warning("removed %d stale segment(s) of namespace %r: %s",
                                 len(removed), self.namespace, ", ".join(removed))
                     self._event("stale_segments_removed", segments=removed)
-                notify = self._default_notify()
+                notify = default_notify(self.config)
                 for spec in self.config.shared_memory:
-                    stream, was_created = self._build_stream(spec, notify.get(spec.name, False))
+                    stream, was_created = provision_stream(spec, self.config, self.slots, notify[spec.name])
                     (created if was_created else opened).append(stream)
-                for spec in self.config.shared_memory:
                     if spec.initial is not None:
-                        stream = next(s for s in created + opened if s.name == spec.name)
                         write_initial_value(stream, spec, self.config)
             except BaseException:
                 for stream in created:
@@ -238,59 +234,6 @@ class PipelineManager:
             self.kernel_configs = {k.name: k for k in self.config.kernels}
             self._set_state(PipelineState.BUILT, "streams built")
             return self
-
-    def _default_notify(self) -> dict[str, bool]:
-        triggered = {name for k in self.config.kernels for name in k.inputs}
-        triggered |= {s.stream for s in self.config.sinks}
-        return {
-            spec.name: spec.notify if spec.notify is not None else spec.name in triggered
-            for spec in self.config.shared_memory
-        }
-
-    def _build_stream(self, spec: SharedMemoryConfig, notify: bool) -> tuple[Stream, bool]:
-        """Open or create one stream according to its mode; (stream, created)."""
-        where = lambda message: self.config.locate(message, spec)  # noqa: E731
-        resource = layout.stream_segment_name(self.namespace, spec.name)
-        for _attempt in range(3):
-            existing = self._open_existing(spec.name, resource)
-            if existing is not None:
-                if spec.mode == "create":
-                    existing.close()
-                    raise SharedMemoryError(17, where(
-                        f"shared memory '{spec.name}' already exists and its mode is 'create'"))
-                if spec.mode != "replace" and stream_matches(existing, spec):
-                    return existing, False
-                if spec.mode == "attach":
-                    existing.close()
-                    raise ConfigValidationError(where(
-                        f"existing shared memory '{spec.name}' does not match the requested attach "
-                        f"configuration (it has shape {existing.shape} and dtype {existing.dtype.name})"))
-                existing.close()
-                unlink_segment(resource)
-            elif spec.mode == "attach":
-                raise FileNotFoundError(where(f"shared memory stream '{spec.name}' does not exist"))
-            try:
-                return Stream.create(
-                    spec.name, spec.shape, spec.dtype, namespace=self.namespace, slots=self.slots,
-                    notify=notify, storage=spec.storage, gpu_device=spec.gpu_device,
-                ), True
-            except FileExistsError:
-                continue  # created concurrently: look again
-        raise SharedMemoryError(17, where(f"could not create shared memory '{spec.name}': name keeps being taken"))
-
-    def _open_existing(self, name: str, resource: str) -> Stream | None:
-        if segment_is_stale(resource):
-            log.warning("removing stale segment %s (its creator is gone)", resource)
-            unlink_segment(resource)
-            return None
-        try:
-            return Stream.attach(name, self.namespace)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("replacing unreadable segment %s: %s", resource, exc)
-            unlink_segment(resource)
-            return None
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> "PipelineManager":
@@ -530,10 +473,9 @@ class PipelineManager:
             previous = self.config
             created: list[Stream] = []
             try:
-                triggered = {n for k in candidate.kernels for n in k.inputs} | {s.stream for s in candidate.sinks}
+                notify = default_notify(candidate)
                 for spec in new_specs:
-                    notify = spec.notify if spec.notify is not None else spec.name in triggered
-                    stream, was_created = self._build_stream(spec, notify)
+                    stream, was_created = provision_stream(spec, candidate, self.slots, notify[spec.name])
                     self.streams[spec.name] = stream
                     if was_created:
                         created.append(stream)
@@ -825,61 +767,6 @@ def _shutdown_at_exit(manager: PipelineManager) -> None:
             live.shutdown(force=True)
 
     atexit.register(hook)
-
-
-def unlink_segment(resource: str) -> None:
-    try:
-        os.unlink(os.path.join(layout.DEV_SHM, resource))
-    except FileNotFoundError:
-        pass
-
-
-def stream_matches(stream: Stream, spec: SharedMemoryConfig) -> bool:
-    """May an existing segment be reused for ``spec``? (shape, dtype, storage, device)."""
-    if tuple(stream.shape) != tuple(spec.shape) or stream.dtype != np.dtype(spec.dtype):
-        return False
-    if stream.storage != spec.storage:
-        return False
-    return spec.storage != "gpu" or stream.gpu_device == spec.gpu_device
-
-
-def remove_stale_segments(namespace: str) -> list[str]:
-    """Remove the stream segments of ``namespace`` whose creator died; returns their names."""
-    removed = []
-    prefix = layout.namespace_segment_name(namespace) + "."
-    try:
-        names = os.listdir(layout.DEV_SHM)
-    except OSError:
-        return removed
-    for name in sorted(names):
-        if name.startswith(prefix) and segment_is_stale(name):
-            unlink_segment(name)
-            removed.append(name)
-    return removed
-
-
-def write_initial_value(stream: Stream, spec: SharedMemoryConfig, config: PipelineConfig) -> None:
-    """Publish the ``initial`` value of ``spec`` into ``stream``."""
-    initial = spec.initial
-    view = stream.next_slot()
-    where = lambda message: config.locate(message, spec)  # noqa: E731
-    if initial.pattern == "constant":
-        view[...] = initial.value
-    elif initial.pattern == "normal":
-        if not np.issubdtype(stream.dtype, np.floating):
-            raise ConfigValidationError(where(f"normal initializer for '{spec.name}' requires a floating-point dtype"))
-        rng = np.random.default_rng(initial.seed)
-        view[...] = rng.standard_normal(stream.shape) * initial.std + initial.mean
-    elif initial.pattern == "values":
-        values = np.asarray(initial.values, dtype=stream.dtype)
-        if values.shape != tuple(stream.shape):
-            raise ConfigValidationError(where(
-                f"values initializer for '{spec.name}' has shape {values.shape}, expected {tuple(stream.shape)}"))
-        view[...] = values
-    elif initial.pattern == "identity":
-        view[...] = 0
-        np.fill_diagonal(view, initial.scale)
-    stream.publish()
 
 
 def attach(name: str, namespace: str | None = None, *, readonly: bool = False) -> Stream:

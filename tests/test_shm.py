@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from shmpiped.errors import NamespaceBusyError
-from shmpiped.manager import remove_stale_segments
 from shmpiped.shm import NamespaceBlock, Stream, layout
 from shmpiped.shm.stream import segment_is_stale
+from shmpiped.streams import remove_stale_segments
 
 from .conftest import run_python, segments_of, spawn_python
 
