@@ -192,4 +192,34 @@ def copy_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: 
     }
 
 
-__all__ = ["copy_pipeline", "hop", "percentiles_us", "sleep_until"]
+def parse_source(text: str) -> dict:
+    """``STREAM:PATTERN[:RATE_HZ]`` -> SyntheticInputConfig fields."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise ValueError("--source must use STREAM:PATTERN[:RATE_HZ], for example input:random:1000")
+    spec = {"stream_name": parts[0], "pattern": parts[1]}
+    if len(parts) == 3 and parts[2]:
+        try:
+            spec["rate_hz"] = float(parts[2])
+        except ValueError:
+            raise ValueError("benchmark source rate must be a number") from None
+    return spec
+
+
+def pipeline(path: str, duration_s: float = 5.0, source: str | None = None,
+             output_stream: str | None = None, warmup_s: float = 0.5) -> dict:
+    """Run the pipeline in ``path`` and measure it (PipelineManager.benchmark)."""
+    from .manager import PipelineManager
+
+    source_spec = parse_source(source) if source else None
+    manager = PipelineManager(path)
+    try:
+        manager.build()
+        manager.start()
+        return manager.benchmark(duration_s, source=source_spec, output_stream=output_stream,
+                                 warmup_s=warmup_s)
+    finally:
+        manager.shutdown(force=True)
+
+
+__all__ = ["copy_pipeline", "hop", "parse_source", "percentiles_us", "pipeline", "sleep_until"]

@@ -275,9 +275,18 @@ def kinds() -> None:
 
 
 # ---------------------------------------------------------------------- bench
-@main.group()
+class _BenchGroup(click.Group):
+    """``shmpiped bench FILE ...`` is short for ``shmpiped bench pipeline FILE ...``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["pipeline", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_BenchGroup)
 def bench() -> None:
-    """Latency benchmarks (figures in microseconds)."""
+    """Benchmarks: `bench FILE` measures a pipeline; `hop` and `copy` the transport."""
 
 
 def _print_results(results: list[dict], as_json: bool) -> None:
@@ -325,6 +334,63 @@ def bench_copy(frames: int, rate: float, strategy: str, as_json: bool) -> None:
                copy_pipeline(rate, frames, strategy, telemetry=False),
                copy_pipeline(None, frames, strategy, telemetry=False)]
     _print_results(results, as_json)
+
+
+@bench.command("pipeline")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds measured.")
+@click.option("--warmup", type=float, default=0.5, show_default=True, help="Seconds before measuring.")
+@click.option("--source", default=None, metavar="STREAM:PATTERN[:RATE]",
+              help="Drive STREAM with a synthetic input, e.g. input:random:1000.")
+@click.option("--output-stream", default=None, help="Where to measure (default: the one terminal stream).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_pipeline(file: str, duration: float, warmup: float, source: str | None,
+                   output_stream: str | None, as_json: bool) -> None:
+    """Run FILE and report throughput, end-to-end latency and per-worker exec times."""
+    from .bench import pipeline
+    from .config import PipelineConfig
+
+    try:
+        PipelineConfig.from_yaml(file)
+        report = pipeline(file, duration, source, output_stream, warmup)
+    except (ConfigValidationError, ValueError, KeyError) as exc:
+        click.echo(f"benchmark failed: {exc}", err=True)
+        sys.exit(EXIT_CONFIG if isinstance(exc, ConfigValidationError) else EXIT_FAILURE)
+    except (WorkerProcessError, OSError) as exc:
+        click.echo(f"benchmark failed: {exc}", err=True)
+        sys.exit(EXIT_PIPELINE_FAILED if isinstance(exc, WorkerProcessError) else EXIT_FAILURE)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    click.echo(format_pipeline_report(report))
+
+
+def format_pipeline_report(report: dict) -> str:
+    def fmt(summary: dict, unit: str) -> str:
+        if summary.get("p50") is None:
+            return "no frames"
+        return (f"p50={summary['p50']:.3f} p90={summary['p90']:.3f} p99={summary['p99']:.3f} "
+                f"max={summary['max']:.3f} {unit}")
+
+    lines = [
+        f"Output: {report['output_stream']}",
+        f"Frames: {report['frames']} in {report['duration_s']:.2f} s",
+        f"Throughput: {report['throughput_hz']:.1f} Hz",
+        f"Inter-arrival spacing: {fmt(report['inter_arrival_ms'], 'ms')}",
+        f"End-to-end latency at {report['output_stream']}: {fmt(report['end_to_end_us'], 'us')}",
+    ]
+    for stream, e2e in report["end_to_end"].items():
+        if e2e["p50_us"] is not None:
+            lines.append(f"  sink {stream} (last {e2e['window']} frames): p50={e2e['p50_us']:.1f} "
+                         f"p90={e2e['p90_us']:.1f} p99={e2e['p99_us']:.1f} max={e2e['max_us']:.1f} us")
+    lines.append("Workers:")
+    for name, w in report["workers"].items():
+        if w.get("avg_exec_us") is None:
+            lines.append(f"  {name:<16} no frames")
+            continue
+        lines.append(f"  {name:<16} exec avg={w['avg_exec_us']:.1f} p99={w['p99_exec_us']:.1f} "
+                     f"jitter={w['jitter_us_rms']:.1f} us  {w['throughput_hz']:.1f} Hz  overruns={w['overruns']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

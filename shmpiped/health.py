@@ -106,3 +106,8 @@ def derive_health(*, failed: bool, alive: bool, paused: bool, snapshot, running:
     if running and idle_s is not None and idle_s > max(1.0, 4.0 * read_timeout):
         return "idle"
     return "active"
+
+
+def histogram(snapshot, counts_offset: int, sum_offset: int) -> dict:
+    """A telemetry histogram: per-bucket ``counts`` (bounds in ``layout.HIST_BOUNDS_S``, then +Inf) and ``sum_s``."""
+    return {"counts": snapshot.histogram(counts_offset), "sum_s": snapshot.field(sum_offset) / 1e9}

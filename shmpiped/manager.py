@@ -30,6 +30,8 @@ import time
 import weakref
 from enum import Enum
 
+import numpy as np
+
 from . import health
 from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
 from .errors import (
@@ -74,7 +76,7 @@ class WorkerHandle:
         self.process: subprocess.Popen | None = None
         self.started_at: float | None = None
         self.stopping = False
-        self.restarts = 0
+        self.exit_reported = False
 
     @property
     def name(self) -> str:
@@ -148,6 +150,7 @@ class PipelineManager:
         self._sinks: dict = {}
         self._synthetic: dict = {}
         self._endpoint_failures_seen: set[str] = set()
+        self._overruns_seen: dict[str, int] = {}
 
     # ------------------------------------------------------------------ basics
     @property
@@ -236,7 +239,14 @@ class PipelineManager:
             return self
 
     # ------------------------------------------------------------------ start / stop
-    def start(self) -> "PipelineManager":
+    def start(self, wait: bool = True) -> "PipelineManager":
+        """Spawn the workers and start sources and sinks.
+
+        With ``wait`` (the default) it returns once every worker has reached
+        its loop, and raises (leaving nothing running) if one fails first.
+        ``wait=False`` returns at once: workers report ``starting`` until they
+        are ready, and a failure shows up in ``status()`` like any other.
+        """
         with self._lock:
             self.poll_events()
             self._require("start", PipelineState.BUILT)
@@ -248,7 +258,8 @@ class PipelineManager:
                 self._start_sinks()
                 for index, kernel in enumerate(self.config.kernels):
                     self._spawn(kernel, index)
-                self._wait_started(list(self.workers.values()), self.worker_start_timeout)
+                if wait:
+                    self._wait_started(list(self.workers.values()), self.worker_start_timeout)
                 self._start_sources()
             except BaseException:
                 self._stop_all(timeout=1.0, force=True)
@@ -270,9 +281,6 @@ class PipelineManager:
         cpus = available_cpus()
         cpu_slot = self.placement_policy.cpu_slot_for(kernel=kernel, index=index, cpu_count=len(cpus))
         handle = WorkerHandle(kernel, index, self._record_index(kernel.name), cpu_slot)
-        previous = self.workers.get(kernel.name)
-        if previous is not None:
-            handle.restarts = previous.restarts
         handle.spawn_token = secrets.randbits(63) or 1
         self._block.reset_record(handle.record_index, kernel.name, handle.spawn_token)
         shared = {name: self.config.stream(name) for name in (*kernel.all_inputs, *kernel.all_outputs)}
@@ -310,11 +318,7 @@ class PipelineManager:
         pending = {h.name: h for h in handles}
         while pending:
             for name, handle in list(pending.items()):
-                snap = self._block.snapshot(handle.record_index)
-                if (snap is not None and snap.spawn_token == handle.spawn_token
-                        and snap.state in (layout.WS_RUNNING, layout.WS_PAUSED)):
-                    handle.started_at = time.time()
-                    self._event("worker_started", kernel=name, pid=handle.pid, cpu_slot=handle.cpu_slot)
+                if self._note_started(handle):
                     del pending[name]
                 elif not handle.alive:
                     self._collect_worker_failure(handle)
@@ -325,6 +329,17 @@ class PipelineManager:
             if time.monotonic() >= deadline:
                 raise WorkerProcessError(f"timed out waiting for workers to start: {', '.join(sorted(pending))}")
             time.sleep(0.005)
+
+    def _note_started(self, handle: WorkerHandle) -> bool:
+        """True once the worker has reached its loop (recording the event the first time)."""
+        if handle.started_at is not None:
+            return True
+        snap = self._snapshot_of(handle)
+        if snap is None or snap.state not in (layout.WS_RUNNING, layout.WS_PAUSED):
+            return False
+        handle.started_at = time.time()
+        self._event("worker_started", kernel=handle.name, pid=handle.pid, cpu_slot=handle.cpu_slot)
+        return True
 
     def pause(self) -> None:
         with self._lock:
@@ -438,9 +453,8 @@ class PipelineManager:
                 config = self.kernel_configs[name]
                 index = next(i for i, k in enumerate(self.config.kernels) if k.name == name)
                 handle = self._spawn(config, index)
-                handle.restarts += 1
                 self._restart_counts[name] += 1
-                self._event("worker_restarted", kernel=name, pid=handle.pid, restarts=handle.restarts)
+                self._event("worker_restarted", kernel=name, pid=handle.pid, restarts=self._restart_counts[name])
                 handles.append(handle)
             self._wait_started(handles, timeout if timeout is not None else self.worker_start_timeout)
             if self._state == PipelineState.FAILED and not self._failures:
@@ -534,8 +548,18 @@ class PipelineManager:
         with self._lock:
             before = len(self._failures)
             for handle in list(self.workers.values()):
-                if not handle.stopping and handle.process is not None and handle.process.poll() is not None:
+                if handle.stopping or handle.process is None:
+                    continue
+                code = handle.process.poll()
+                if code is None:
+                    self._note_started(handle)
+                elif code != 0:
                     self._collect_worker_failure(handle)
+                elif not handle.exit_reported:  # left on its own, cleanly: stopped, not failed
+                    handle.exit_reported = True
+                    self._remember_metrics(handle)
+                    self._event("worker_stopped", kernel=handle.name, pid=handle.pid, exitcode=0)
+                    log.warning("worker %r exited on its own (status 0)", handle.name)
             self._collect_endpoint_failures()
             if self._failures and self._state in (PipelineState.RUNNING, PipelineState.PAUSED):
                 first = self._failures[0]
@@ -553,7 +577,7 @@ class PipelineManager:
             first_line, _, trace = error_text.partition("\n")
             error = first_line
         else:
-            error, trace = (_exit_description(code) if code else "worker exited without being asked to stop"), None
+            error, trace = _exit_description(code), None
         self._remember_metrics(handle)
         record = {
             "type": "worker_failed",
@@ -597,20 +621,22 @@ class PipelineManager:
                 f"{first.get('component_type', 'worker')} {first['kernel']!r} failed: {first['error']}")
 
     # ------------------------------------------------------------------ status
-    def _remember_metrics(self, handle: WorkerHandle) -> None:
+    def _snapshot_of(self, handle: WorkerHandle):
+        """The telemetry of this spawn of the worker (None before it wrote any)."""
         if self._block is None:
-            return
+            return None
         snap = self._block.snapshot(handle.record_index)
-        if snap is not None and snap.spawn_token == handle.spawn_token and snap.frames:
+        return snap if snap is not None and snap.spawn_token == handle.spawn_token else None
+
+    def _remember_metrics(self, handle: WorkerHandle) -> None:
+        snap = self._snapshot_of(handle)
+        if snap is not None and snap.frames:
             self._last_metrics[handle.name] = {
                 "pid": handle.pid, "cpu_slot": handle.cpu_slot,
                 **health.worker_metrics(snap, time.monotonic_ns()),
             }
 
-    def worker_status(self, handle: WorkerHandle, now_ns: int) -> dict:
-        snap = self._block.snapshot(handle.record_index) if self._block is not None else None
-        if snap is not None and snap.spawn_token != handle.spawn_token:
-            snap = None
+    def _worker_status(self, handle: WorkerHandle, snap, now_ns: int) -> dict:
         failed = any(f.get("kernel") == handle.name for f in self._failures)
         alive = handle.alive
         idle_s, age_s = health.idle_and_age(snap, now_ns)
@@ -635,14 +661,63 @@ class PipelineManager:
             metrics = {"pid": handle.pid, "cpu_slot": handle.cpu_slot, **health.worker_metrics(snap, now_ns)}
             self._last_metrics[handle.name] = metrics
             entry.update(metrics)
+            entry["exec_histogram"] = health.histogram(snap, layout.REC_EXEC_HIST, layout.REC_EXEC_SUM_NS)
+            self._note_overruns(handle.name, metrics["overruns"])
         return entry
+
+    def _note_overruns(self, name: str, overruns: int) -> None:
+        """Log an event when a worker's overrun count rose since the last look."""
+        seen = self._overruns_seen.get(name, 0)
+        if overruns > seen:
+            self._event("overrun_burst", kernel=name, overruns=overruns - seen, total=overruns)
+        self._overruns_seen[name] = overruns
+
+    def _end_to_end(self, snaps: dict) -> dict:
+        """Latency from origin to each sink stream, from the telemetry of its producer."""
+        result = {}
+        producers = {out: k.name for k in self.config.kernels for out in k.outputs}
+        for stream in self.graph.sink_streams():
+            producer = producers.get(stream)
+            snap = snaps.get(producer)
+            if snap is None:
+                continue
+            stats = snap.latency_stats()
+            as_us = lambda value: None if value is None else value * 1e6  # noqa: E731
+            result[stream] = {
+                "producer": producer,
+                "samples": stats.count,
+                "window": min(stats.count, layout.WINDOW),
+                "p50_us": as_us(stats.p50_s),
+                "p90_us": as_us(stats.p90_s),
+                "p99_us": as_us(stats.p99_s),
+                "max_us": as_us(stats.max_s),
+                "histogram": health.histogram(snap, layout.REC_LATENCY_HIST, layout.REC_LATENCY_SUM_NS),
+            }
+        return result
+
+    def _stream_status(self) -> dict:
+        graph = self.graph
+        result = {}
+        for name, stream in self.streams.items():
+            if stream.closed:
+                continue
+            count = stream.count
+            result[name] = {
+                "count": count,
+                "frame_id": stream.frame_id if count else None,
+                "write_time": stream.write_time,
+                "role": graph.stream_role(name),
+                "owned": name in self.owned_streams,
+            }
+        return result
 
     def status(self, poll: bool = True) -> dict:
         with self._lock:
             if poll:
                 self.poll_events()
             now_ns = time.monotonic_ns()
-            workers = {name: self.worker_status(h, now_ns) for name, h in self.workers.items()}
+            snaps = {name: self._snapshot_of(h) for name, h in self.workers.items()}
+            workers = {name: self._worker_status(h, snaps[name], now_ns) for name, h in self.workers.items()}
             sources = {name: c.snapshot() for name, c in self._sources.items()}
             sinks = {name: c.snapshot() for name, c in self._sinks.items()}
             count = collections.Counter(w["health"] for w in workers.values())
@@ -670,6 +745,9 @@ class PipelineManager:
                 "failures": [dict(f) for f in self._failures],
                 "metrics": {k: dict(v) for k, v in self._last_metrics.items()},
                 "synthetic_sources": self.synthetic_input_status(),
+                "streams": self._stream_status(),
+                "end_to_end": self._end_to_end(snaps),
+                "histogram_bounds_s": list(layout.HIST_BOUNDS_S),
                 "placement_policy": self.placement_policy.describe(),
                 "summary": summary,
             }
@@ -677,6 +755,81 @@ class PipelineManager:
     def runtime_snapshot(self, poll: bool = True) -> dict:
         status = self.status(poll=poll)
         return {"timestamp": time.time(), **status, "graph": self.graph.to_dict()}
+
+    # ------------------------------------------------------------------ benchmark
+    def terminal_streams(self) -> list[str]:
+        """Kernel primary outputs that nothing in the pipeline reads."""
+        read = {n for k in self.config.kernels for n in k.all_inputs}
+        read |= {n for s in self.config.sinks for n in (s.stream, *s.auxiliary_names)}
+        return [k.output for k in self.config.kernels if k.output not in read]
+
+    def benchmark(self, duration_s: float = 5.0, source=None, output_stream: str | None = None,
+                  warmup_s: float = 0.5, poll_interval: float = 1e-4) -> dict:
+        """Measure the running pipeline at ``output_stream`` for ``duration_s``.
+
+        Reports throughput, inter-arrival spacing and the true end-to-end
+        latency of every frame that arrives (now - its origin timestamp), plus
+        each worker's exec-time figures.  ``source`` (a SyntheticInputConfig or
+        dict) drives an input for the run.
+        """
+        self.poll_events()
+        if self._state != PipelineState.RUNNING:
+            raise StateTransitionError("benchmark requires the pipeline to be RUNNING")
+        if duration_s <= 0:
+            raise ValueError("duration_s must be positive")
+        if output_stream is None:
+            terminal = self.terminal_streams()
+            if len(terminal) != 1:
+                raise ValueError("output_stream must be specified explicitly: the pipeline has "
+                                 f"{len(terminal)} terminal output streams ({terminal})")
+            output_stream = terminal[0]
+        output = self.get_stream(output_stream)
+        started_source = None
+        if source is not None:
+            started_source = self.start_synthetic_input(source)["stream_name"]
+        spacing_ns: list[int] = []
+        latency_ns: list[int] = []
+        try:
+            time.sleep(warmup_s)
+            self.raise_if_failed()
+            last = output.count
+            start = previous = time.monotonic_ns()
+            deadline = start + int(duration_s * 1e9)
+            while True:
+                now = time.monotonic_ns()
+                if now >= deadline:
+                    break
+                count = output.wait_once(last, min((deadline - now) / 1e9, 0.25))
+                arrived = time.monotonic_ns()
+                if count <= last:
+                    self.raise_if_failed()
+                    continue
+                advanced = count - last
+                spacing_ns.extend([(arrived - previous) // advanced] * advanced)
+                latency_ns.append(arrived - output.slot_metadata(count)[1])
+                last, previous = count, arrived
+            elapsed = max((time.monotonic_ns() - start) / 1e9, 1e-12)
+            self.raise_if_failed()
+        finally:
+            if started_source is not None:
+                self.stop_synthetic_input(started_source)
+        status = self.status()
+        spacing_ms = _summary(np.asarray(spacing_ns, dtype=np.float64) / 1e6)
+        return {
+            "output_stream": output_stream,
+            "duration_s": elapsed,
+            "frames": len(spacing_ns),
+            "throughput_hz": len(spacing_ns) / elapsed,
+            "inter_arrival_ms": spacing_ms,
+            "latency_ms": dict(spacing_ms),  # shmpipeline's name for the spacing, kept for old scripts
+            "end_to_end_us": _summary(np.asarray(latency_ns, dtype=np.float64) / 1e3),
+            "end_to_end": status["end_to_end"],
+            "workers": {
+                name: {key: w.get(key) for key in ("avg_exec_us", "p99_exec_us", "jitter_us_rms", "throughput_hz",
+                                                   "frames_processed", "overruns")}
+                for name, w in status["workers"].items()
+            },
+        }
 
     # ------------------------------------------------------------------ sources, sinks, synthetic
     def _start_sinks(self) -> None:
@@ -755,6 +908,15 @@ class PipelineManager:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _summary(values: np.ndarray) -> dict:
+    """min/mean/max/p50/p90/p99 of ``values`` (None, and no percentiles, when empty)."""
+    if values.size == 0:
+        return {"min": None, "mean": None, "max": None}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max()),
+            "p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
 def _shutdown_at_exit(manager: PipelineManager) -> None:

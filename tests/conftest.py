@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 
+import numpy as np
 import pytest
 
+from shmpiped import PipelineManager
 from shmpiped.shm import layout
 
 
@@ -42,3 +45,54 @@ def run_python(code: str, *args: str, timeout: float = 30.0, check: bool = True)
 def spawn_python(code: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+# ---------------------------------------------------------------------- pipelines
+
+
+def stream(name, shape=(4,), dtype="float32", **extra):
+    return {"name": name, "shape": list(shape), "dtype": dtype, **extra}
+
+
+def pipeline(namespace, streams, kernels, **extra):
+    return {"namespace": namespace, "shared_memory": streams, "kernels": kernels, **extra}
+
+
+def scale_pipeline(namespace, factor=2.5, **kernel_extra):
+    return pipeline(namespace, [stream("input"), stream("output")], [
+        {"name": "scale", "kind": "cpu.scale", "input": "input", "output": "output",
+         "parameters": {"factor": factor}, **kernel_extra}])
+
+
+@pytest.fixture
+def manager_factory():
+    managers = []
+
+    def make(config, **kwargs):
+        m = PipelineManager(config, **kwargs)
+        managers.append(m)
+        return m
+
+    yield make
+    for m in managers:
+        m.shutdown(force=True)
+        assert not any(h.alive for h in m.workers.values())
+
+
+def wait_for(predicate, timeout=5.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def push(manager, name, value, out="output", frame_id=None):
+    """Write ``value`` on stream ``name`` and return the next publication on ``out``."""
+    target = manager.get_stream(out)
+    before = target.count
+    manager.get_stream(name).write(np.asarray(value), frame_id=frame_id)
+    target.wait(before, timeout=5.0)
+    return target.read()

@@ -13,62 +13,13 @@ import pytest
 from shmpiped import (
     ConfigValidationError,
     NamespaceBusyError,
-    PipelineManager,
     StateTransitionError,
     WorkerProcessError,
 )
 from shmpiped.placement import PlacementPolicy
 from shmpiped.shm import Stream
 
-from .conftest import segments_of, spawn_python
-
-
-def stream(name, shape=(4,), dtype="float32", **extra):
-    return {"name": name, "shape": list(shape), "dtype": dtype, **extra}
-
-
-def pipeline(namespace, streams, kernels, **extra):
-    return {"namespace": namespace, "shared_memory": streams, "kernels": kernels, **extra}
-
-
-def scale_pipeline(namespace, factor=2.5, **kernel_extra):
-    return pipeline(namespace, [stream("input"), stream("output")], [
-        {"name": "scale", "kind": "cpu.scale", "input": "input", "output": "output",
-         "parameters": {"factor": factor}, **kernel_extra}])
-
-
-@pytest.fixture
-def manager_factory():
-    managers = []
-
-    def make(config, **kwargs):
-        m = PipelineManager(config, **kwargs)
-        managers.append(m)
-        return m
-
-    yield make
-    for m in managers:
-        m.shutdown(force=True)
-        assert not any(h.alive for h in m.workers.values())
-
-
-def wait_for(predicate, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
-
-
-def push(manager, name, value, out="output", frame_id=None):
-    """Write ``value`` on stream ``name`` and return the next publication on ``out``."""
-    target = manager.get_stream(out)
-    before = target.count
-    manager.get_stream(name).write(np.asarray(value), frame_id=frame_id)
-    target.wait(before, timeout=5.0)
-    return target.read()
+from .conftest import pipeline, push, scale_pipeline, segments_of, spawn_python, stream, wait_for
 
 
 def pid_alive(pid):
