@@ -144,7 +144,7 @@ def _pin_all() -> None:
 
 
 def copy_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: str = "futex",
-                  telemetry: bool = True, warmup: int = 100, shape=(16,)) -> dict:
+                  telemetry: bool = True, warmup: int = 100, shape=(16,), same_core: bool = False) -> dict:
     """End-to-end latency through a one-stage copy pipeline (a real worker process)."""
     from .manager import PipelineManager
 
@@ -158,12 +158,15 @@ def copy_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: 
         "kernels": [{"name": "copy", "kind": "cpu.copy", "input": "input", "output": "output"}],
     }
     manager = PipelineManager(config, wait_strategy=strategy, telemetry=telemetry)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    driver_cpu = cpus[1] if len(cpus) > 1 and not same_core else cpus[0]  # the worker takes the first
     total = frames + warmup
     latencies = np.zeros(total, dtype=np.int64)
     payload = np.zeros(shape, dtype=np.float32)
     try:
         manager.build()
         manager.start()
+        _pin(driver_cpu)
         source = manager.get_stream("input")
         sink = manager.get_stream("output")
         sink.set_wait_strategy(strategy)
@@ -182,10 +185,12 @@ def copy_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: 
         worker = manager.status()["workers"]["copy"]
         manager.raise_if_failed()
     finally:
+        _pin_all()
         manager.shutdown(force=True)
     return {
         "benchmark": "copy", "mode": "lock-step" if rate_hz is None else f"{rate_hz:g} Hz",
-        "wait_strategy": strategy, "telemetry": telemetry, **percentiles_us(latencies[warmup:]),
+        "wait_strategy": strategy, "telemetry": telemetry, "same_core": same_core,
+        **percentiles_us(latencies[warmup:]),
         "rate_hz": round(total / elapsed, 1),
         "worker_avg_exec_us": round(worker.get("avg_exec_us", 0.0), 2),
         "worker_p99_exec_us": round(worker.get("p99_exec_us", 0.0), 2),

@@ -327,12 +327,14 @@ def bench_hop(frames: int, rate: float, strategy: str, as_json: bool) -> None:
 @click.option("--strategy", type=click.Choice(["futex", "hybrid", "spin"]), default="futex", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def bench_copy(frames: int, rate: float, strategy: str, as_json: bool) -> None:
-    """End-to-end latency of a one-stage copy pipeline: paced and lock-step, telemetry on/off."""
+    """End-to-end latency of a one-stage copy pipeline: paced and lock-step, across cores and
+    on one, and lock-step with telemetry off (its cost is the difference)."""
     from .bench import copy_pipeline
 
     results = [copy_pipeline(rate, frames, strategy), copy_pipeline(None, frames, strategy),
-               copy_pipeline(rate, frames, strategy, telemetry=False),
-               copy_pipeline(None, frames, strategy, telemetry=False)]
+               copy_pipeline(rate, frames, strategy, same_core=True),
+               copy_pipeline(None, frames, strategy, same_core=True),
+               copy_pipeline(None, frames, strategy, same_core=True, telemetry=False)]
     _print_results(results, as_json)
 
 

@@ -134,7 +134,6 @@ class WorkerRecord:
         self.index = index
         self.address = block.record_address(index)
         start = layout.HEADER_SIZE + index * layout.REC_SIZE
-        self.words = block.segment.bytes[start : start + layout.REC_ERROR_TEXT].view(_U64)
         self._error = block.segment.bytes[start + layout.REC_ERROR_TEXT : start + layout.REC_SIZE]
 
     def _set(self, offset: int, value: int) -> None:
@@ -144,7 +143,7 @@ class WorkerRecord:
         return _sync.load_u64(self.address + offset)
 
     def increment(self, offset: int) -> None:
-        self.words[offset // 8] += 1
+        _sync.add_u64(self.address + offset, 1)
 
     def set_state(self, state: int) -> None:
         self._set(layout.REC_STATE, state)
