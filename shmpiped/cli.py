@@ -260,6 +260,30 @@ def shm_rm(namespace: str | None, force: bool) -> None:
         click.echo(f"kept {refused} segment(s) owned by live processes (use --force to remove them)", err=True)
 
 
+# ---------------------------------------------------------------------- view
+@main.command()
+@click.argument("stream")
+@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None, help="The pipeline's namespace.")
+@click.option("--mode", type=click.Choice(["auto", "window", "terminal", "text", "png"]), default="auto",
+              show_default=True, help="auto: a window when a display and matplotlib exist, else the terminal.")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None,
+              help="Write PNG snapshots to this file instead.")
+@click.option("--interval", type=float, default=0.1, show_default=True, help="Seconds between refreshes.")
+@click.option("--frames", type=int, default=None, help="Stop after this many refreshes.")
+def view(stream: str, namespace: str | None, mode: str, png_path: str | None, interval: float,
+         frames: int | None) -> None:
+    """Watch STREAM of a running pipeline (read-only, in its own process): values, rate, frame age."""
+    from .viewer import ViewerError, ViewerProcess
+
+    try:
+        viewer = ViewerProcess(stream, namespace, mode="png" if png_path else mode, png_path=png_path,
+                               interval=interval, frames=frames)
+    except ViewerError as exc:
+        click.echo(f"shmpiped view: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    sys.exit(viewer.wait())
+
+
 # ---------------------------------------------------------------------- kinds
 @main.command()
 def kinds() -> None:

@@ -151,6 +151,7 @@ class PipelineManager:
         self._synthetic: dict = {}
         self._endpoint_failures_seen: set[str] = set()
         self._overruns_seen: dict[str, int] = {}
+        self._viewers: list = []
 
     # ------------------------------------------------------------------ basics
     @property
@@ -416,6 +417,7 @@ class PipelineManager:
 
     def shutdown(self, unlink: bool = True, unlink_external: bool = False, force: bool = False) -> None:
         with self._lock:
+            self.close_viewers()
             self.stop_all_synthetic_inputs()
             if self._state in (PipelineState.RUNNING, PipelineState.PAUSED, PipelineState.FAILED):
                 self._stop_all(timeout=5.0, force=force)
@@ -434,16 +436,28 @@ class PipelineManager:
             self._set_state(PipelineState.STOPPED, "shutdown")
 
     # ------------------------------------------------------------------ restart / add_kernel
-    def restart(self, timeout: float | None = None) -> None:
+    def restart(self, timeout: float | None = None, *, workers=None, wait: bool = True) -> list[str]:
+        """Respawn workers: the failed or dead ones, or exactly ``workers`` when given.
+
+        Returns the names restarted.  From ``failed`` the pipeline goes back to
+        ``running`` (``paused`` if it was paused) once no failure remains.
+        ``wait=False`` returns without waiting for the new workers to start.
+        """
         with self._lock:
             self.poll_events()
             self._require("restart workers", PipelineState.RUNNING, PipelineState.PAUSED, PipelineState.FAILED)
-            names = [n for n in self.workers if not self.workers[n].alive]
-            names += [f["kernel"] for f in self._failures
-                      if f.get("component_type", "worker") == "worker" and f["kernel"] not in names]
+            if workers is not None:
+                names = list(workers)
+                unknown = [n for n in names if n not in self.kernel_configs]
+                if unknown:
+                    raise KeyError(f"unknown worker: {', '.join(repr(n) for n in unknown)}")
+            else:
+                names = [n for n in self.workers if not self.workers[n].alive]
+                names += [f["kernel"] for f in self._failures
+                          if f.get("component_type", "worker") == "worker" and f["kernel"] not in names]
             if not names:
                 log.info("restart: every worker is healthy, nothing to do")
-                return
+                return []
             handles = []
             for name in names:
                 old = self.workers.get(name)
@@ -456,10 +470,12 @@ class PipelineManager:
                 self._restart_counts[name] += 1
                 self._event("worker_restarted", kernel=name, pid=handle.pid, restarts=self._restart_counts[name])
                 handles.append(handle)
-            self._wait_started(handles, timeout if timeout is not None else self.worker_start_timeout)
+            if wait:
+                self._wait_started(handles, timeout if timeout is not None else self.worker_start_timeout)
             if self._state == PipelineState.FAILED and not self._failures:
                 paused = self._pause_event.is_set()
                 self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, "workers restarted")
+            return names
 
     def replace_kernel_config(self, kernel: KernelConfig) -> None:
         """Use ``kernel`` (same name) the next time that worker is (re)started."""
@@ -902,6 +918,27 @@ class PipelineManager:
     def stop_all_synthetic_inputs(self, timeout: float = 2.0) -> None:
         for name in list(self._synthetic):
             self.stop_synthetic_input(name, timeout)
+
+    # ------------------------------------------------------------------ viewers
+    def open_viewer(self, stream_name: str, **options):
+        """Spawn a viewer process on ``stream_name`` (read-only; it never slows the writer).
+
+        ``options`` go to :class:`shmpiped.viewer.ViewerProcess` (``mode``,
+        ``png_path``, ``interval``, ...).  ``close_viewers()`` ends them all.
+        """
+        from .viewer import ViewerProcess
+
+        if self._state not in (PipelineState.BUILT, PipelineState.RUNNING, PipelineState.PAUSED,
+                               PipelineState.FAILED):
+            raise StateTransitionError("viewers require the pipeline to be built first")
+        self.get_stream(stream_name)
+        viewer = ViewerProcess(stream_name, self.namespace, **options)
+        self._viewers.append(viewer)
+        return viewer
+
+    def close_viewers(self, timeout: float = 2.0) -> None:
+        while self._viewers:
+            self._viewers.pop().close(timeout)
 
     def synthetic_input_status(self) -> dict:
         return {name: c.snapshot() for name, c in self._synthetic.items()}

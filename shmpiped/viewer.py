@@ -592,7 +592,7 @@ def run_viewer(
                 display = _PngDisplay(png_path, out)
             else:
                 display = _TextDisplay(out, refreshing=resolved == "terminal")
-            _view_loop(stream, display, interval, frames, duration)
+            _view_loop(stream, display, interval, frames, duration, err)
         except ViewerError as exc:
             err.write(f"shmpiped view: {exc}\n")
             err.flush()
@@ -614,7 +614,8 @@ def run_viewer(
     return 0
 
 
-def _view_loop(stream: Stream, display, interval: float, frames: int | None, duration: float | None) -> None:
+def _view_loop(stream: Stream, display, interval: float, frames: int | None, duration: float | None,
+               err) -> None:
     interval = max(0.0005, float(interval))
     deadline = None if duration is None else time.monotonic() + float(duration)
     path = stream.segment.path
@@ -643,7 +644,9 @@ def _view_loop(stream: Stream, display, interval: float, frames: int | None, dur
         if now >= next_identity_check:
             next_identity_check = now + 1.0
             if _file_identity(path) != identity:
-                print(f"stream {stream.name!r} in namespace {stream.namespace!r} was removed", file=sys.stderr)
+                err.write(f"shmpiped view: stream {stream.name!r} in namespace {stream.namespace!r}"
+                          " was removed\n")
+                err.flush()
                 return
         wait = interval if deadline is None else max(0.0, min(interval, deadline - now))
         if not display.wait(wait):

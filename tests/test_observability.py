@@ -255,3 +255,34 @@ def test_bench_command_prints_a_report(tmp_path, namespace):
     bad = subprocess.run([sys.executable, "-m", "shmpiped.cli", "bench", str(path), "--source", "input"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "STREAM:PATTERN[:RATE_HZ]" in bad.stderr
+
+
+def test_manager_opens_and_closes_viewers(namespace, manager_factory, tmp_path):
+    m = manager_factory(scale_pipeline(namespace))
+    m.build()
+    m.start()
+    m.start_synthetic_input({"stream_name": "input", "pattern": "sine", "rate_hz": 100.0})
+    png = tmp_path / "out.png"
+    viewer = m.open_viewer("output", mode="png", png_path=str(png), interval=0.05)
+    wait_for(lambda: png.exists() and png.stat().st_size > 0, timeout=15)
+    assert viewer.alive
+    m.close_viewers()
+    assert not viewer.alive
+    with pytest.raises(KeyError):
+        m.open_viewer("nope")
+
+
+def test_view_command_snapshots_a_running_stream(namespace, manager_factory, tmp_path):
+    m = manager_factory(scale_pipeline(namespace))
+    m.build()
+    m.start()
+    push(m, "input", [1, 2, 3, 4])
+    png = tmp_path / "view.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "shmpiped.cli", "view", "output", "--namespace", namespace,
+         "--png", str(png), "--frames", "1"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    missing = subprocess.run([sys.executable, "-m", "shmpiped.cli", "view", "nope", "--namespace", namespace],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "nope" in missing.stderr
