@@ -9,30 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import time
 
 import click
 
 from . import __version__
-from .errors import ConfigValidationError, NamespaceBusyError, SharedMemoryError, WorkerProcessError
+from .daemon import EXIT_CONFIG, EXIT_PIPELINE_FAILED
+from .errors import ConfigValidationError, WorkerProcessError
 
-# Exit statuses (also documented in the README).
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_PIPELINE_FAILED = 70   # EX_SOFTWARE: a worker failed
-EXIT_CANT_CREATE = 73       # EX_CANTCREAT: shared memory could not be created
-EXIT_NAMESPACE_BUSY = 75    # EX_TEMPFAIL: another live process owns the namespace
-EXIT_CONFIG = 78            # EX_CONFIG: invalid pipeline configuration
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,7 +27,7 @@ def _setup_logging(level: str) -> None:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def main(log_level: str) -> None:
     """Real-time pipelines over /dev/shm streams, one worker process per kernel."""
-    _setup_logging(log_level)
+    configure_logging(log_level, "plain")
 
 
 # ---------------------------------------------------------------------- validate / describe
@@ -95,92 +81,110 @@ def describe(file: str, as_json: bool) -> None:
         click.echo(graph.describe())
 
 
-# ---------------------------------------------------------------------- run
-class _StopRequested(Exception):
-    pass
+# ---------------------------------------------------------------------- run (the daemon)
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (journald and log shippers read it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": round(record.created, 6), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage(), "pid": record.process}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
-def run_pipeline(path: str | None, *, duration: float | None, namespace: str | None,
-                 status_interval: float, echo=click.echo) -> int:
-    """Build and run a pipeline (the demo when ``path`` is None) until stopped; exit status."""
-    from .config import PipelineConfig
-    from .demo import demo_path
-    from .manager import PipelineManager
-    from .validation import validate_pipeline_config
-
-    log = logging.getLogger("shmpiped.run")
-    source = str(path) if path else str(demo_path())
-    try:
-        config = PipelineConfig.from_yaml(source)
-        if namespace:
-            config = config.replace(namespace=namespace)
-        errors = validate_pipeline_config(config)
-        if errors:
-            raise ConfigValidationError(errors[0], errors=errors)
-    except ConfigValidationError as exc:
-        for error in exc.errors or (str(exc),):
-            echo(f"invalid configuration: {error}", err=True)
-        return EXIT_CONFIG
-
-    def on_signal(signum, frame):
-        raise _StopRequested(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    manager = PipelineManager(config)
-    status = EXIT_OK
-    try:
-        manager.build()
-        manager.start()
-        log.info("pipeline %r running from %s (%d workers)", manager.namespace, source, len(manager.workers))
-        deadline = None if duration is None else time.monotonic() + duration
-        next_report = time.monotonic()
-        while deadline is None or time.monotonic() < deadline:
-            snapshot = manager.status()
-            if snapshot["state"] == "failed":
-                manager.raise_if_failed()
-            if time.monotonic() >= next_report:
-                log.info("%s", status_line(snapshot))
-                next_report = time.monotonic() + status_interval
-            time.sleep(0.1)
-    except _StopRequested as exc:
-        log.info("received %s, stopping", exc)
-    except ConfigValidationError as exc:
-        echo(f"invalid configuration: {exc}", err=True)
-        status = EXIT_CONFIG
-    except NamespaceBusyError as exc:
-        echo(f"error: {exc}", err=True)
-        status = EXIT_NAMESPACE_BUSY
-    except SharedMemoryError as exc:
-        echo(f"error: {exc}", err=True)
-        status = EXIT_CANT_CREATE
-    except WorkerProcessError as exc:
-        echo(f"pipeline failed: {exc}", err=True)
-        status = EXIT_PIPELINE_FAILED
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        manager.shutdown(force=True)
-    return status
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
-def status_line(snapshot: dict) -> str:
-    """One line: state, workers active/total, and the rate of the last worker."""
-    summary = snapshot["summary"]
-    rates = [w.get("throughput_hz", 0.0) for w in snapshot["workers"].values()]
-    rate = f", loop {rates[-1]:.1f} Hz" if rates else ""
-    return (f"state={snapshot['state']} workers active={summary['active_workers']}/"
-            f"{summary['workers_total']} failed={summary['failed_workers']}{rate}")
+def _optional(value: str | None) -> str | None:
+    return None if value is None or value.lower() in ("", "none", "off") else value
 
 
 @main.command()
 @click.argument("pipeline", required=False, type=click.Path(dir_okay=False), envvar="SHMPIPED_PIPELINE")
+@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None, help="Override the YAML's namespace.")
+@click.option("--http-address", envvar="SHMPIPED_HTTP_ADDRESS", default="127.0.0.1:9750", show_default=True,
+              help="HOST:PORT of /metrics, /healthz, /readyz, /status ('none' disables).")
+@click.option("--control-socket", envvar="SHMPIPED_CONTROL_SOCKET", default="",
+              help="Unix socket for `shmpiped ctl` [default: $RUNTIME_DIRECTORY/<ns>.sock or "
+                   "/run/shmpiped/<ns>.sock; 'none' disables].")
+@click.option("--restart-budget", envvar="SHMPIPED_RESTART_BUDGET", type=int, default=5, show_default=True,
+              help="Restarts of one worker allowed within --restart-window.")
+@click.option("--restart-window", envvar="SHMPIPED_RESTART_WINDOW", type=float, default=60.0, show_default=True,
+              help="Seconds over which the restart budget is counted.")
+@click.option("--backoff-initial", envvar="SHMPIPED_BACKOFF_INITIAL", type=float, default=0.1, show_default=True,
+              help="Seconds before the first restart of a failed worker.")
+@click.option("--backoff-max", envvar="SHMPIPED_BACKOFF_MAX", type=float, default=10.0, show_default=True,
+              help="Upper bound of the doubling back-off.")
+@click.option("--watchdog-timeout", envvar="SHMPIPED_WATCHDOG_TIMEOUT", type=float, default=None,
+              help="Seconds without loop progress after which a worker is hung and killed "
+                   "[default: max(5, 4 x its read_timeout)].")
+@click.option("--target-rate", envvar="SHMPIPED_TARGET_RATE", type=float, default=None,
+              help="Expected loop rate in Hz, exported for the loop-rate alert.")
+@click.option("--fail-fast/--no-fail-fast", envvar="SHMPIPED_FAIL_FAST", default=True, show_default=True,
+              help="Exit 70 when a worker spends its restart budget (else stay up, failed).")
+@click.option("--log-level", "run_log_level", envvar="SHMPIPED_LOG_LEVEL", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", envvar="SHMPIPED_LOG_FORMAT", type=click.Choice(["plain", "json"]),
+              default="plain", show_default=True, help="plain text or JSON lines on stderr.")
+@click.option("--status-interval", envvar="SHMPIPED_STATUS_INTERVAL", type=float, default=5.0, show_default=True,
+              help="Seconds between status lines (and systemd STATUS= updates).")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None, help="Override the YAML namespace.")
-@click.option("--status-interval", type=float, default=5.0, show_default=True,
-              help="Seconds between status lines on stderr.")
-def run(pipeline: str | None, duration: float | None, namespace: str | None, status_interval: float) -> None:
-    """Run PIPELINE (default: the embedded adaptive-optics demo) in the foreground."""
-    sys.exit(run_pipeline(pipeline, duration=duration, namespace=namespace, status_interval=status_interval))
+@click.option("--debug-commands", is_flag=True, hidden=True, envvar="SHMPIPED_DEBUG_COMMANDS")
+def run(pipeline, namespace, http_address, control_socket, restart_budget, restart_window, backoff_initial,
+        backoff_max, watchdog_timeout, target_rate, fail_fast, run_log_level, log_format, status_interval,
+        duration, debug_commands) -> None:
+    """Run PIPELINE (default: the embedded adaptive-optics demo) as a supervised daemon.
+
+    Exit status: 0 stopped on request, 70 failed beyond its restart budget,
+    73 shared memory could not be created, 75 namespace owned by another live
+    process, 78 invalid configuration.
+    """
+    from .daemon import Daemon, DaemonSettings
+    from .supervisor import RestartPolicy
+
+    configure_logging(run_log_level, log_format)
+    try:
+        policy = RestartPolicy(backoff_initial_s=backoff_initial, backoff_max_s=backoff_max,
+                               budget=restart_budget, window_s=restart_window, watchdog_s=watchdog_timeout)
+        if _optional(http_address):
+            from .httpapi import parse_address
+
+            parse_address(http_address)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    settings = DaemonSettings(
+        pipeline=pipeline, namespace=namespace, http_address=_optional(http_address),
+        control_socket=None if control_socket.lower() in ("none", "off") else control_socket,
+        policy=policy, fail_fast=fail_fast, duration=duration, status_interval=status_interval,
+        target_rate_hz=target_rate, debug_commands=debug_commands,
+    )
+    sys.exit(Daemon(settings).run())
+
+
+# ---------------------------------------------------------------------- ctl
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--socket", "socket_path", envvar="SHMPIPED_CONTROL_SOCKET", default=None,
+              help="The daemon's control socket [default: from --namespace].")
+@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default="default", show_default=True)
+@click.argument("words", nargs=-1, type=click.UNPROCESSED)
+def ctl(socket_path, namespace, words) -> None:
+    """Control a running daemon: status [--json] | pause | resume | restart [WORKER] | stop |
+    reload | synthetic start STREAM PATTERN [RATE_HZ] | synthetic stop STREAM."""
+    from .control import ctl_main, default_socket_path
+
+    status, text = ctl_main(socket_path or default_socket_path(namespace), list(words))
+    if text:
+        click.echo(text, err=status != 0)
+    sys.exit(status)
 
 
 # ---------------------------------------------------------------------- shm

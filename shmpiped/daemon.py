@@ -1,0 +1,415 @@
+"""The daemon: process wiring around one PipelineManager.
+
+One main loop (10 Hz) does everything that decides: it reads the pipeline's
+status, lets the supervisor kill hung workers and restart failed ones, runs
+control commands, reloads on SIGHUP, feeds systemd (READY, STATUS, WATCHDOG)
+and swaps in a new immutable snapshot that the HTTP threads serve.  Signal
+handlers only set flags; control-socket threads only queue commands for the
+loop.  The loop is the only caller of the manager.
+
+Exit statuses: 0 stopped on request; 70 the pipeline failed beyond its
+restart budget; 73 shared memory could not be created; 75 the namespace is
+owned by another live process; 78 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from .errors import (
+    ConfigValidationError,
+    NamespaceBusyError,
+    SharedMemoryError,
+    StateTransitionError,
+    WorkerProcessError,
+)
+from .notify import SystemdNotifier
+from .supervisor import RestartPolicy, Supervisor
+
+log = logging.getLogger("shmpiped.daemon")
+
+EXIT_OK = 0
+EXIT_PIPELINE_FAILED = 70
+EXIT_CANT_CREATE = 73
+EXIT_NAMESPACE_BUSY = 75
+EXIT_CONFIG = 78
+
+LOOP_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+START_EXTEND_S = 30.0  # EXTEND_TIMEOUT_USEC granted while workers are still starting
+COMMAND_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    pipeline: str | None = None           # None: the embedded demo
+    namespace: str | None = None          # overrides the YAML's
+    http_address: str | None = "127.0.0.1:9750"  # None: no HTTP endpoints
+    control_socket: str | None = ""       # "": the default path; None: no control socket
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    fail_fast: bool = True
+    duration: float | None = None         # stop after this long (demos, tests)
+    status_interval: float = 5.0          # seconds between STATUS updates and status log lines
+    loop_interval: float = 0.1
+    target_rate_hz: float | None = None   # exported for the "loop rate below target" alert
+    debug_commands: bool = False          # accept the 'debug' control command (tests only)
+
+
+class _LoopTimer:
+    """A histogram of the main loop's iteration time (bounds LOOP_BOUNDS_S, then +Inf)."""
+
+    def __init__(self):
+        self.counts = [0] * (len(LOOP_BOUNDS_S) + 1)
+        self.sum_s = 0.0
+        self.iterations = 0
+        self.recent = collections.deque(maxlen=1000)
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(LOOP_BOUNDS_S) if seconds <= bound), len(LOOP_BOUNDS_S))
+        self.counts[index] += 1
+        self.sum_s += seconds
+        self.iterations += 1
+        self.recent.append(seconds)
+
+    def as_dict(self) -> dict:
+        return {"counts": list(self.counts), "sum_s": self.sum_s, "bounds_s": list(LOOP_BOUNDS_S)}
+
+
+class Daemon:
+    """Runs one pipeline until told to stop; ``run()`` returns the exit status."""
+
+    def __init__(self, settings: DaemonSettings, environ=None):
+        self.settings = settings
+        self.notifier = SystemdNotifier(environ)
+        self.supervisor = Supervisor(settings.policy)
+        self.manager = None
+        self.config = None
+        self.config_source = None
+        self._published = None
+        self._commands: queue.Queue = queue.Queue()
+        self._wake = threading.Event()
+        self._stop_reason: str | None = None
+        self._reload_requested = False
+        self._ready_sent = False
+        self._failures_seen = 0
+        self.failures_total = 0
+        self.reload_error: str | None = None
+        self.started_at = time.time()
+        self._loop = _LoopTimer()
+        self._http = None
+        self._control = None
+
+    # ------------------------------------------------------------------ signals and commands
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGHUP:
+            self._reload_requested = True
+        else:
+            self._stop_reason = signal.Signals(signum).name
+        self._wake.set()
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self._wake.set()
+
+    def submit(self, request: dict) -> dict:
+        """Run a control command in the main loop (called from control threads)."""
+        future: Future = Future()
+        self._commands.put((request, future))
+        self._wake.set()
+        return future.result(timeout=COMMAND_TIMEOUT_S)
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                request, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(self._command(request))
+            except Exception as exc:  # noqa: BLE001 - reported to the client, the daemon goes on
+                future.set_exception(exc)
+
+    def _command(self, request: dict):
+        command = request.get("command")
+        peer = request.get("_peer", {})
+        if command != "status":
+            log.info("control: %s from pid %s uid %s", command, peer.get("pid"), peer.get("uid"))
+        manager = self.manager
+        if command == "status":
+            return self._published.snapshot if self._published else manager.runtime_snapshot()
+        if command == "pause":
+            manager.pause()
+        elif command == "resume":
+            manager.resume()
+        elif command == "restart":
+            worker = request.get("worker")
+            return {"restarted": manager.restart(workers=[worker] if worker else None, wait=False)}
+        elif command == "stop":
+            self.request_stop("control command")
+        elif command == "reload":
+            return self._reload()
+        elif command == "synthetic":
+            action = request.get("action")
+            if action == "start":
+                spec = {"stream_name": request["stream"], "pattern": request.get("pattern", "random")}
+                if request.get("rate_hz") is not None:
+                    spec["rate_hz"] = float(request["rate_hz"])
+                return manager.start_synthetic_input(spec)
+            if action == "stop":
+                manager.stop_synthetic_input(request["stream"])
+            else:
+                raise ValueError(f"synthetic action must be 'start' or 'stop', got {action!r}")
+        elif command == "debug" and self.settings.debug_commands:
+            time.sleep(float(request.get("stall_s", 0)))  # wedges the main loop on purpose (tests)
+        else:
+            known = "status, pause, resume, restart, stop, reload, synthetic"
+            raise ValueError(f"unknown command {command!r}; known commands: {known}")
+        return {"state": manager.state.value}
+
+    # ------------------------------------------------------------------ configuration
+    def _load_config(self):
+        from .config import PipelineConfig
+        from .demo import demo_path
+        from .validation import validate_pipeline_config
+
+        source = self.settings.pipeline or str(demo_path())
+        config = PipelineConfig.from_yaml(source)
+        if self.settings.namespace:
+            config = config.replace(namespace=self.settings.namespace)
+        errors = validate_pipeline_config(config)
+        if errors:
+            raise ConfigValidationError(errors[0], errors=errors)
+        return source, config
+
+    def _reload(self) -> dict:
+        """Re-read the pipeline file; keep running on error, else apply the change."""
+        from .manager import PipelineManager
+
+        self._reload_requested = False
+        self.notifier.reloading()
+        try:
+            try:
+                _, config = self._load_config()
+            except (ConfigValidationError, OSError) as exc:
+                self.reload_error = str(exc)
+                log.error("reload failed, keeping the running pipeline: %s", exc)
+                return {"reloaded": False, "error": self.reload_error}
+            self.reload_error = None
+            if config == self.config:
+                log.info("reload: pipeline unchanged")
+                return {"reloaded": False, "changed": []}
+            old = self.config
+            same_shape = (config.shared_memory == old.shared_memory and config.sources == old.sources
+                          and config.sinks == old.sinks and config.namespace == old.namespace
+                          and [k.name for k in config.kernels] == [k.name for k in old.kernels])
+            if same_shape:
+                changed = [k.name for k, before in zip(config.kernels, old.kernels) if k != before]
+                for kernel in config.kernels:
+                    if kernel.name in changed:
+                        self.manager.replace_kernel_config(kernel)
+                self.manager.restart(workers=changed, wait=False)
+                log.info("reload: restarted changed kernels %s", ", ".join(changed))
+            else:
+                log.info("reload: streams or nodes changed, rebuilding the pipeline")
+                self.manager.shutdown(force=True)
+                self.manager = PipelineManager(config)
+                self.manager.build()
+                self.manager.start(wait=False)
+                self._failures_seen = 0
+                changed = ["*"]
+            self.config = config
+            self._ready_sent = False
+            return {"reloaded": True, "changed": changed}
+        finally:
+            if self._ready_sent or not self.manager:
+                self.notifier.ready()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        from .manager import PipelineManager
+
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        # Source threads share this interpreter: let them take the GIL within 0.5 ms, not 5 ms.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            try:
+                self.config_source, self.config = self._load_config()
+            except (ConfigValidationError, OSError) as exc:
+                errors = getattr(exc, "errors", None) or (str(exc),)
+                for error in errors:
+                    log.error("invalid configuration: %s", error)
+                self.notifier.stopping(f"invalid configuration: {errors[0]}")
+                return EXIT_CONFIG
+            self.notifier.extend_timeout(START_EXTEND_S)
+            self.manager = PipelineManager(self.config)
+            try:
+                self.manager.build()
+                self.manager.start(wait=False)
+            except NamespaceBusyError as exc:
+                log.error("%s", exc)
+                self.notifier.stopping(str(exc))
+                return EXIT_NAMESPACE_BUSY
+            except SharedMemoryError as exc:
+                log.error("cannot create shared memory: %s", exc)
+                self.notifier.stopping(str(exc))
+                return EXIT_CANT_CREATE
+            except (ConfigValidationError, FileNotFoundError) as exc:
+                log.error("invalid configuration: %s", exc)
+                self.notifier.stopping(str(exc))
+                return EXIT_CONFIG
+            log.info("pipeline %r built from %s: %d workers", self.manager.namespace, self.config_source,
+                     len(self.config.kernels))
+            self._start_servers()
+            return self._loop_until_stopped()
+        finally:
+            self.notifier.stopping()
+            self._close_servers()
+            if self.manager is not None:
+                self.manager.shutdown(force=True)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            sys.setswitchinterval(switch_interval)
+            self.notifier.close()
+            log.info("stopped")
+
+    def _start_servers(self) -> None:
+        if self.settings.http_address:
+            from .httpapi import HttpApi
+
+            self._http = HttpApi(self.settings.http_address, lambda: self._published).start()
+        if self.settings.control_socket is not None:
+            from .control import ControlServer, default_socket_path
+
+            path = self.settings.control_socket or default_socket_path(self.manager.namespace)
+            self._control = ControlServer(path, self.submit)
+            self._control.start()
+            log.info("control socket at %s", path)
+
+    def _close_servers(self) -> None:
+        if self._http is not None:
+            self._http.close()
+        if self._control is not None:
+            self._control.close()
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return self._http.address if self._http else None
+
+    def _loop_until_stopped(self) -> int:
+        deadline = None if self.settings.duration is None else time.monotonic() + self.settings.duration
+        next_status = 0.0
+        next_watchdog = 0.0
+        status = EXIT_OK
+        while True:
+            began = time.monotonic()
+            if self._stop_reason is not None:
+                log.info("stopping: %s", self._stop_reason)
+                break
+            if deadline is not None and began >= deadline:
+                log.info("stopping: --duration elapsed")
+                break
+            if self._reload_requested:
+                self._reload()
+            self._run_commands()
+            snapshot = self._supervise(began)
+            if self.supervisor.exhausted:
+                log.error("pipeline failed beyond its restart budget: %s", self.supervisor.exhausted)
+                if self.settings.fail_fast:
+                    self.notifier.stopping(f"failed: {self.supervisor.exhausted}")
+                    status = EXIT_PIPELINE_FAILED
+                    self._publish(snapshot, began)
+                    break
+            self._publish(snapshot, began)
+            now = time.monotonic()
+            if self.notifier.watchdog_interval_s and now >= next_watchdog:
+                self.notifier.watchdog()
+                next_watchdog = now + self.notifier.watchdog_interval_s
+            if now >= next_status:
+                line = self.status_line(snapshot)
+                self.notifier.status(line)
+                log.info("%s", line)
+                next_status = now + self.settings.status_interval
+            self._loop.observe(time.monotonic() - began)
+            self._wake.wait(max(0.0, self.settings.loop_interval - (time.monotonic() - began)))
+            self._wake.clear()
+        return status
+
+    def _supervise(self, now: float) -> dict:
+        manager = self.manager
+        snapshot = manager.runtime_snapshot()
+        failures = len(snapshot["failures"])
+        if failures > self._failures_seen:
+            self.failures_total += failures - self._failures_seen
+        self._failures_seen = failures
+        read_timeouts = {k.name: k.read_timeout for k in self.config.kernels}
+        verdict = self.supervisor.review(snapshot, now, read_timeouts)
+        for name, reason in verdict.kill:
+            pid = snapshot["workers"][name]["pid"]
+            log.error("worker %r is hung (%s): killing pid %s", name, reason, pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if verdict.restart:
+            log.warning("restarting %s", ", ".join(repr(n) for n in verdict.restart))
+            try:
+                manager.restart(workers=verdict.restart, wait=False)
+            except (StateTransitionError, WorkerProcessError, OSError) as exc:
+                log.error("restart failed: %s", exc)
+            snapshot = manager.runtime_snapshot()
+            self._failures_seen = len(snapshot["failures"])
+        if not self._ready_sent and self._all_workers_up(snapshot):
+            self.notifier.ready(self.status_line(snapshot))
+            self._ready_sent = True
+            log.info("ready: every worker is waiting for input or active")
+        return snapshot
+
+    @staticmethod
+    def _all_workers_up(snapshot: dict) -> bool:
+        return snapshot["state"] == "running" and all(
+            w["health"] in ("waiting-input", "active", "idle") for w in snapshot["workers"].values())
+
+    def _readiness(self, snapshot: dict) -> tuple[bool, str]:
+        if snapshot["state"] != "running":
+            return False, f"pipeline is {snapshot['state']}"
+        down = [n for n, w in snapshot["workers"].items() if w["health"] in ("failed", "stopped", "starting")]
+        if down:
+            return False, "workers not running: " + ", ".join(down)
+        return True, "ready"
+
+    def _publish(self, snapshot: dict, taken_at: float) -> None:
+        from .httpapi import Published
+
+        snapshot["daemon"] = {
+            "started_at": self.started_at,
+            "pid": os.getpid(),
+            "config_path": self.config_source,
+            "loop_duration_seconds": self._loop.as_dict(),
+            "loop_iterations_total": self._loop.iterations,
+            "failures_total": self.failures_total,
+            "restarts_total": self.supervisor.restarts_total,
+            "restart_budget_exhausted": self.supervisor.exhausted,
+            "target_rate_hz": self.settings.target_rate_hz,
+            "reload_error": self.reload_error,
+            "ready": self._ready_sent,
+        }
+        ready, reason = self._readiness(snapshot)
+        self._published = Published(taken_at=taken_at, snapshot=snapshot, ready=ready, ready_reason=reason)
+
+    @staticmethod
+    def status_line(snapshot: dict) -> str:
+        """One line: state, workers active/total, loop rate (the last worker's throughput)."""
+        summary = snapshot["summary"]
+        rates = [w.get("throughput_hz", 0.0) for w in snapshot["workers"].values()]
+        rate = f", loop {rates[-1]:.1f} Hz" if rates else ""
+        return (f"state={snapshot['state']} workers active={summary['active_workers']}/"
+                f"{summary['workers_total']} failed={summary['failed_workers']}{rate}")

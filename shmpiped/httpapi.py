@@ -1,0 +1,139 @@
+"""Read-only HTTP endpoints: /metrics, /healthz, /readyz, /status.
+
+Every response comes from the last :class:`Published` snapshot that the
+daemon's main loop swapped in, already rendered to bytes: a request costs a
+reference read and a socket write, so a slow or hostile client never blocks
+supervision and a flood of requests does no work per request.  Nothing here
+changes the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .metrics import CONTENT_TYPE, render
+
+log = logging.getLogger("shmpiped.http")
+
+REQUEST_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Published:
+    """One immutable snapshot, as served.
+
+    The JSON and the Prometheus text are rendered on the first request that
+    needs them, in that request's thread, and then kept: the main loop pays
+    nothing for them, and a flood of requests for one snapshot renders once.
+    """
+
+    taken_at: float            # time.monotonic() when the main loop produced it
+    snapshot: dict             # runtime_snapshot() plus the daemon's own figures; never mutated
+    ready: bool
+    ready_reason: str
+
+    @cached_property
+    def status_json(self) -> bytes:
+        return json.dumps(self.snapshot, default=list).encode()
+
+    @cached_property
+    def metrics_text(self) -> bytes:
+        return render(self.snapshot)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"HTTP address must be HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, handler, get_published, liveness_s):
+        import socket
+
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.get_published = get_published
+        self.liveness_s = liveness_s
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "shmpiped"
+    timeout = REQUEST_TIMEOUT_S
+
+    def log_message(self, fmt, *args):  # access logs only at debug level: no log line per scrape
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self):  # noqa: N802
+        self.do_GET()
+
+    def do_GET(self):  # noqa: N802
+        published = self.server.get_published()
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            alive = published is not None and time.monotonic() - published.taken_at < self.server.liveness_s
+            self._send(200 if alive else 503, b"ok\n" if alive else b"supervisor loop is not running\n")
+        elif published is None:
+            self._send(503, b"starting\n")
+        elif path == "/metrics":
+            self._send(200, published.metrics_text, CONTENT_TYPE)
+        elif path == "/readyz":
+            body = (published.ready_reason + "\n").encode()
+            self._send(200 if published.ready else 503, body)
+        elif path == "/status":
+            self._send(200, published.status_json, "application/json")
+        elif path == "/":
+            self._send(200, b"shmpiped: /metrics /healthz /readyz /status\n")
+        else:
+            self._send(404, b"not found\n")
+
+    def _refuse(self):
+        self.send_response(405)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+
+class HttpApi:
+    """The endpoints on one address, served by a background thread."""
+
+    def __init__(self, address: str, get_published, liveness_s: float = 2.0):
+        self._server = _Server(parse_address(address), _Handler, get_published, liveness_s)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="shmpiped-http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.server_address[:2]
+
+    def start(self) -> "HttpApi":
+        self._thread.start()
+        log.info("serving /metrics /healthz /readyz /status on http://%s:%d", *self.address)
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=2)
