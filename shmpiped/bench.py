@@ -227,4 +227,104 @@ def pipeline(path: str, duration_s: float = 5.0, source: str | None = None,
         manager.shutdown(force=True)
 
 
-__all__ = ["copy_pipeline", "hop", "parse_source", "percentiles_us", "pipeline", "sleep_until"]
+FLOOD_PIPELINE = """\
+namespace: {namespace}
+shared_memory:
+  - {{name: input, shape: [64], dtype: float32}}
+  - {{name: output, shape: [64], dtype: float32}}
+sources:
+  - {{name: source, kind: synthetic.array, stream: input, parameters: {{pattern: random, rate_hz: {rate}}}}}
+kernels:
+  - {{name: copy, kind: cpu.copy, input: input, output: output}}
+"""
+
+FLOOD_CLIENT = """
+import sys, threading, time, urllib.request
+port, clients, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+served = [0] * clients
+def hammer(i):
+    deadline = time.monotonic() + seconds
+    paths = ("/metrics", "/status", "/healthz", "/readyz")
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{paths[served[i] % 4]}", timeout=10) as r:
+            r.read()
+        served[i] += 1
+threads = [threading.Thread(target=hammer, args=(i,)) for i in range(clients)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(sum(served))
+"""
+
+
+def _as_remote_client(nice: int, worker_cpus: set[int]) -> None:
+    """Make the load generator behave like a client on another machine: off the workers' CPUs."""
+    if nice:
+        os.nice(nice)
+    free = set(os.sched_getaffinity(0)) - worker_cpus
+    if free:
+        os.sched_setaffinity(0, free)
+
+
+def http_flood(seconds: float = 10.0, clients: int = 8, rate_hz: float = 1000.0, client_nice: int = 0) -> dict:
+    """p99 of the pipeline's end-to-end latency and of the daemon's loop, quiet vs under an HTTP flood."""
+    import socket
+    import tempfile
+    import urllib.request
+
+    namespace = f"flood{uuid.uuid4().hex[:8]}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "flood.yaml")
+        with open(path, "w") as handle:
+            handle.write(FLOOD_PIPELINE.format(namespace=namespace, rate=rate_hz))
+        daemon = subprocess.Popen([sys.executable, "-m", "shmpiped.cli", "run", path, "--http-address",
+                                   f"127.0.0.1:{port}", "--control-socket", "none", "--status-interval", "3600"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def status() -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as response:
+                return json.loads(response.read())
+
+        def sample(duration: float) -> tuple[list[float], list[float]]:
+            e2e, loop = [], []
+            deadline = time.monotonic() + duration
+            while time.monotonic() < deadline:
+                time.sleep(1.0)
+                snapshot = status()
+                e2e.append(snapshot["end_to_end"]["output"]["p99_us"])
+                loop.append(snapshot["daemon"]["loop_p99_s"] * 1e6)
+            return e2e, loop
+
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if status()["workers"]["copy"].get("frames_processed", 0) > 2000:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    raise RuntimeError("the benchmark daemon did not start")
+                time.sleep(0.2)
+            worker_cpus = {w["cpu_slot"] for w in status()["workers"].values() if w.get("cpu_slot") is not None}
+            quiet_e2e, quiet_loop = sample(seconds)
+            flood = subprocess.Popen([sys.executable, "-c", FLOOD_CLIENT, str(port), str(clients), str(seconds)],
+                                     stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: _as_remote_client(client_nice, worker_cpus))
+            flood_e2e, flood_loop = sample(seconds)
+            requests = int(flood.communicate(timeout=seconds + 60)[0].strip() or 0)
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=30)
+    median = lambda values: float(np.median(values))  # noqa: E731
+    return {
+        "benchmark": "http-flood", "clients": clients, "client_nice": client_nice, "seconds": seconds,
+        "rate_hz": rate_hz,
+        "requests": requests, "requests_per_s": round(requests / seconds, 1),
+        "e2e_p99_us_quiet": round(median(quiet_e2e), 1), "e2e_p99_us_flood": round(median(flood_e2e), 1),
+        "loop_p99_us_quiet": round(median(quiet_loop), 1), "loop_p99_us_flood": round(median(flood_loop), 1),
+    }
+
+
+__all__ = ["copy_pipeline", "hop", "http_flood", "parse_source", "percentiles_us", "pipeline", "sleep_until"]

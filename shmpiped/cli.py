@@ -366,6 +366,29 @@ def bench_copy(frames: int, rate: float, strategy: str, as_json: bool) -> None:
     _print_results(results, as_json)
 
 
+@bench.command("flood")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="Length of each phase.")
+@click.option("--clients", type=int, default=8, show_default=True, help="Concurrent HTTP clients.")
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Pipeline rate in Hz.")
+@click.option("--client-nice", type=int, default=0, show_default=True,
+              help="Niceness of the load generator (19 mimics clients on another machine).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_flood(seconds: float, clients: int, rate: float, client_nice: int, as_json: bool) -> None:
+    """p99 of a running daemon's pipeline latency and loop time, quiet and under an HTTP flood."""
+    from .bench import http_flood
+
+    report = http_flood(seconds, clients, rate, client_nice)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"HTTP flood: {report['clients']} clients (nice {report['client_nice']}), "
+               f"{report['requests_per_s']} requests/s served")
+    click.echo(f"  pipeline end-to-end p99: quiet {report['e2e_p99_us_quiet']:.1f} us, "
+               f"flood {report['e2e_p99_us_flood']:.1f} us")
+    click.echo(f"  supervisor loop p99:     quiet {report['loop_p99_us_quiet']:.1f} us, "
+               f"flood {report['loop_p99_us_flood']:.1f} us")
+
+
 @bench.command("pipeline")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds measured.")

@@ -79,6 +79,12 @@ class _LoopTimer:
         self.iterations += 1
         self.recent.append(seconds)
 
+    def p99(self) -> float | None:
+        if not self.recent:
+            return None
+        ordered = sorted(self.recent)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
     def as_dict(self) -> dict:
         return {"counts": list(self.counts), "sum_s": self.sum_s, "bounds_s": list(LOOP_BOUNDS_S)}
 
@@ -99,6 +105,7 @@ class Daemon:
         self._stop_reason: str | None = None
         self._reload_requested = False
         self._ready_sent = False
+        self._next_extend = 0.0
         self._failures_seen = 0
         self.failures_total = 0
         self.reload_error: str | None = None
@@ -250,6 +257,7 @@ class Daemon:
                 self.notifier.stopping(f"invalid configuration: {errors[0]}")
                 return EXIT_CONFIG
             self.notifier.extend_timeout(START_EXTEND_S)
+            self._next_extend = time.monotonic() + START_EXTEND_S / 3
             self.manager = PipelineManager(self.config)
             try:
                 self.manager.build()
@@ -367,10 +375,14 @@ class Daemon:
                 log.error("restart failed: %s", exc)
             snapshot = manager.runtime_snapshot()
             self._failures_seen = len(snapshot["failures"])
-        if not self._ready_sent and self._all_workers_up(snapshot):
-            self.notifier.ready(self.status_line(snapshot))
-            self._ready_sent = True
-            log.info("ready: every worker is waiting for input or active")
+        if not self._ready_sent:
+            if self._all_workers_up(snapshot):
+                self.notifier.ready(self.status_line(snapshot))
+                self._ready_sent = True
+                log.info("ready: every worker is waiting for input or active")
+            elif now >= self._next_extend:  # a slow start (GPU initialisation): ask systemd for more time
+                self.notifier.extend_timeout(START_EXTEND_S)
+                self._next_extend = now + START_EXTEND_S / 3
         return snapshot
 
     @staticmethod
@@ -395,6 +407,7 @@ class Daemon:
             "config_path": self.config_source,
             "loop_duration_seconds": self._loop.as_dict(),
             "loop_iterations_total": self._loop.iterations,
+            "loop_p99_s": self._loop.p99(),
             "failures_total": self.failures_total,
             "restarts_total": self.supervisor.restarts_total,
             "restart_budget_exhausted": self.supervisor.exhausted,
@@ -402,6 +415,9 @@ class Daemon:
             "reload_error": self.reload_error,
             "ready": self._ready_sent,
         }
+        if self._http is not None:
+            self._http.keep_off_cpus({w["cpu_slot"] for w in snapshot["workers"].values()
+                                      if w.get("cpu_slot") is not None})
         ready, reason = self._readiness(snapshot)
         self._published = Published(taken_at=taken_at, snapshot=snapshot, ready=ready, ready_reason=reason)
 

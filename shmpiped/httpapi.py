@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -56,11 +57,38 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _lower_this_thread_priority(cpus: set[int] | None) -> None:
+    """Serve requests only with CPU time that nothing else wants (Linux: SCHED_IDLE per thread),
+    and only on ``cpus`` (those no worker is pinned to) when there are any.
+
+    The pipeline's workers, its source threads and the supervisor loop always
+    win the CPU over a scraper, however many requests arrive.
+    """
+    tid = threading.get_native_id()
+    if cpus:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except (AttributeError, OSError):
+            pass
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+        except (AttributeError, OSError):
+            pass
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def process_request_thread(self, request, client_address):
+        _lower_this_thread_priority(self.service_cpus)
+        super().process_request_thread(request, client_address)
+
     def __init__(self, address, handler, get_published, liveness_s):
+        self.service_cpus: set[int] | None = None
         import socket
 
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -123,6 +151,13 @@ class HttpApi:
     def __init__(self, address: str, get_published, liveness_s: float = 2.0):
         self._server = _Server(parse_address(address), _Handler, get_published, liveness_s)
         self._thread = threading.Thread(target=self._server.serve_forever, name="shmpiped-http", daemon=True)
+
+    def keep_off_cpus(self, busy: set[int]) -> None:
+        """Serve on the CPUs that are not in ``busy`` (the workers' CPUs), if any is left."""
+        from .placement import available_cpus
+
+        free = set(available_cpus()) - set(busy)
+        self._server.service_cpus = free or None
 
     @property
     def address(self) -> tuple[str, int]:

@@ -96,3 +96,19 @@ def push(manager, name, value, out="output", frame_id=None):
     manager.get_stream(name).write(np.asarray(value), frame_id=frame_id)
     target.wait(before, timeout=5.0)
     return target.read()
+
+
+@pytest.fixture
+def daemons():
+    started = []
+
+    def start(*args, **kwargs):
+        from .daemon_support import DaemonProcess
+
+        daemon = DaemonProcess(*args, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
