@@ -80,16 +80,34 @@ class ControlUnavailable(ShmPipelineError, ConnectionError):
 
 
 def default_socket_path(namespace: str | None = None) -> str:
-    """``$RUNTIME_DIRECTORY/<namespace>.sock``, else ``/run/shmpiped/<namespace>.sock``.
+    """Where a namespace's control socket lives, the first that applies:
 
-    systemd sets ``RUNTIME_DIRECTORY`` (``RuntimeDirectory=shmpiped``); when it
-    lists several directories (colon-separated) the first one is used.
+    ``$RUNTIME_DIRECTORY/<namespace>.sock`` (systemd's ``RuntimeDirectory=``;
+    of a colon-separated list the first), ``/run/shmpiped/<namespace>.sock``
+    when this user may create it (root, or the directory exists and is
+    writable), else ``$XDG_RUNTIME_DIR/shmpiped/<namespace>.sock`` (a desktop
+    session), else ``/tmp/shmpiped-<uid>/<namespace>.sock``.  The daemon and
+    ``shmpiped ctl`` run by the same user agree on it.
     """
     namespace = namespace or "default"
     if "/" in namespace or "\0" in namespace:
         raise ValueError(f"namespace {namespace!r} cannot name a socket file")
     runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    return os.path.join(runtime or DEFAULT_RUNTIME_DIR, f"{namespace}.sock")
+    if runtime:
+        return os.path.join(runtime, f"{namespace}.sock")
+    if _may_create_in(DEFAULT_RUNTIME_DIR):
+        return os.path.join(DEFAULT_RUNTIME_DIR, f"{namespace}.sock")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return os.path.join(xdg, "shmpiped", f"{namespace}.sock")
+    return os.path.join(f"/tmp/shmpiped-{os.getuid()}", f"{namespace}.sock")
+
+
+def _may_create_in(directory: str) -> bool:
+    if os.path.isdir(directory):
+        return os.access(directory, os.W_OK | os.X_OK)
+    parent = os.path.dirname(directory)
+    return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
 
 
 # --------------------------------------------------------------------------- server
