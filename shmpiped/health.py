@@ -52,6 +52,17 @@ def rolling_throughput(completion_ns: np.ndarray) -> float:
     return (completion_ns.size - 1) / span if span > 0 else 0.0
 
 
+def wait_counters(snapshot) -> dict:
+    """The counters that move even before a worker's first frame."""
+    return {
+        "waits": snapshot.field(layout.REC_WAITS),
+        "timeouts": snapshot.field(layout.REC_TIMEOUTS),
+        "frame_sync_skew_events": snapshot.field(layout.REC_SKEW_EVENTS),
+        "frame_sync_skipped_generations": snapshot.field(layout.REC_SKIPPED_GENERATIONS),
+        "frame_sync_timeouts": snapshot.field(layout.REC_SYNC_TIMEOUTS),
+    }
+
+
 def worker_metrics(snapshot, now_ns: int) -> dict:
     """The per-worker metric fields of status(), from one telemetry snapshot."""
     exec_s = snapshot.exec_window_s()
@@ -66,11 +77,7 @@ def worker_metrics(snapshot, now_ns: int) -> dict:
         "runtime_s": max((now_ns - started) / 1e9, 1e-12) if started else 0.0,
         "last_output_count": snapshot.field(layout.REC_LAST_OUTPUT_COUNT),
         "overruns": snapshot.field(layout.REC_OVERRUNS),
-        "waits": snapshot.field(layout.REC_WAITS),
-        "timeouts": snapshot.field(layout.REC_TIMEOUTS),
-        "frame_sync_skew_events": snapshot.field(layout.REC_SKEW_EVENTS),
-        "frame_sync_skipped_generations": snapshot.field(layout.REC_SKIPPED_GENERATIONS),
-        "frame_sync_timeouts": snapshot.field(layout.REC_SYNC_TIMEOUTS),
+        **wait_counters(snapshot),
     }
     metrics["last_exec_ms"] = metrics["last_exec_us"] / 1e3
     metrics["avg_exec_ms"] = metrics["avg_exec_us"] / 1e3

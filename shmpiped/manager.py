@@ -679,6 +679,8 @@ class PipelineManager:
             entry.update(metrics)
             entry["exec_histogram"] = health.histogram(snap, layout.REC_EXEC_HIST, layout.REC_EXEC_SUM_NS)
             self._note_overruns(handle.name, metrics["overruns"])
+        elif snap is not None:  # no frame yet: a frame-id barrier may still be skipping generations
+            entry.update(health.wait_counters(snap))
         return entry
 
     def _note_overruns(self, name: str, overruns: int) -> None:

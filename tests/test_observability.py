@@ -286,3 +286,16 @@ def test_view_command_snapshots_a_running_stream(namespace, manager_factory, tmp
     missing = subprocess.run([sys.executable, "-m", "shmpiped.cli", "view", "nope", "--namespace", namespace],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+def test_frame_sync_counters_show_before_the_first_frame(namespace, manager_factory):
+    config = pipeline(namespace, [stream("c0", (1,)), stream("c1", (1,)), stream("cc", (2,))], [
+        {"name": "sync", "kind": "cpu.concatenate", "inputs": ["c0", "c1"], "output": "cc",
+         "synchronization": {"mode": "matching_frame_id"}}])
+    m = manager_factory(config)
+    m.build()
+    m.start()
+    m.get_stream("c0").write([2], frame_id=2)
+    m.get_stream("c1").write([1], frame_id=1)  # never matches: no frame is ever computed
+    worker = wait_for(lambda: (w := m.status()["workers"]["sync"]).get("frame_sync_skew_events", 0) >= 1 and w)
+    assert "frames_processed" not in worker and worker["health"] == "waiting-input"
