@@ -15,6 +15,7 @@ them out (kill, restart, exit).  Nothing here touches processes or HTTP.
   record every frame and at least every ``read_timeout`` while waiting) for
   longer than its watchdog timeout is hung: it is killed, then restarted like
   any failed worker.  The default timeout is ``max(5 s, 4 x read_timeout)``.
+  A worker still ``starting`` after ``start_timeout_s`` is killed the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class RestartPolicy:
     window_s: float = 60.0
     healthy_reset_s: float = 30.0
     watchdog_s: float | None = None  # None: max(5 s, 4 x the worker's read_timeout)
+    start_timeout_s: float = 120.0   # a worker still 'starting' after this long is hung in its set-up
 
     def __post_init__(self) -> None:
         if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
@@ -52,6 +54,7 @@ class _WorkerHistory:
     backoff_s: float = 0.0
     down_since: float | None = None
     healthy_since: float | None = None
+    starting_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Supervisor:
             health = worker.get("health")
             if health in HEALTHY:
                 history.down_since = None
+                history.starting_since = None
                 if history.healthy_since is None:
                     history.healthy_since = now
                 elif now - history.healthy_since >= policy.healthy_reset_s:
@@ -93,6 +97,15 @@ class Supervisor:
                 if age is not None and age > timeout and status.get("state") == "running":
                     kill.append((name, f"no loop progress for {age:.1f} s (watchdog {timeout:g} s)"))
                 continue
+            if health == "starting":
+                history.healthy_since = None
+                if history.starting_since is None:
+                    history.starting_since = now
+                elif now - history.starting_since > policy.start_timeout_s:
+                    kill.append((name, f"still starting after {policy.start_timeout_s:g} s"))
+                    history.starting_since = None
+                continue
+            history.starting_since = None
             if health not in ("failed", "stopped"):
                 history.healthy_since = None
                 continue
