@@ -112,3 +112,30 @@ def daemons():
     yield start
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture
+def make_stream(namespace):
+    """Create real streams in the test's namespace; closed and unlinked afterwards."""
+    from shmpiped.shm import Stream
+
+    created = []
+
+    def make(name, shape=(4,), dtype="float64"):
+        stream = Stream.create(name, shape, dtype, namespace=namespace)
+        created.append(stream)
+        return stream
+
+    yield make
+    for stream in created:
+        stream.close()
+        stream.unlink()
+
+
+@pytest.fixture
+def stopper():
+    """Stop every registered controller (source, sink, synthetic) before the streams are torn down."""
+    controllers = []
+    yield controllers.append
+    for controller in controllers:
+        assert controller.stop(timeout=5.0)

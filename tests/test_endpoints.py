@@ -17,7 +17,6 @@ from shmpiped.endpoints import (
     read_publication,
 )
 from shmpiped.kernels.base import Sink, SinkContext, Source, SourceContext
-from shmpiped.shm import Stream
 
 SOURCE_KEYS = {
     "name", "kind", "stream", "streams", "coordinated_generation_count", "poll_interval", "alive",
@@ -29,30 +28,6 @@ SINK_KEYS = {
     "missed_writes", "effective_rate_hz", "throughput_hz", "started_at", "last_read_time",
     "last_read_duration_ms", "last_error", "plugin_metrics",
 }
-
-
-@pytest.fixture
-def make_stream(namespace):
-    created = []
-
-    def make(name, shape=(4,), dtype="float64"):
-        stream = Stream.create(name, shape, dtype, namespace=namespace)
-        created.append(stream)
-        return stream
-
-    yield make
-    for stream in created:
-        stream.close()
-        stream.unlink()
-
-
-@pytest.fixture
-def stopper():
-    """Stop every registered controller before the streams are closed."""
-    controllers = []
-    yield controllers.append
-    for controller in controllers:
-        controller.stop(timeout=5.0)
 
 
 def wait_for(predicate, timeout=5.0):

@@ -19,7 +19,6 @@ from shmpiped.config import SharedMemoryConfig, SourceConfig
 from shmpiped.endpoints import SourceController
 from shmpiped.errors import ConfigValidationError
 from shmpiped.kernels.base import SourceContext
-from shmpiped.shm import Stream
 from shmpiped.synthetic import (
     PATTERNS,
     SyntheticArraySource,
@@ -35,31 +34,6 @@ SNAPSHOT_KEYS = {
     "period", "constant", "impulse_interval", "frames_written", "alive", "effective_rate_hz",
     "started_at", "last_write_time", "last_write_duration_ms", "last_error", "throughput_hz",
 }
-
-
-@pytest.fixture
-def make_stream(namespace):
-    """Create real streams in the test's namespace; closed and unlinked afterwards."""
-    created = []
-
-    def make(name, shape=(8,), dtype="float64"):
-        stream = Stream.create(name, shape, dtype, namespace=namespace)
-        created.append(stream)
-        return stream
-
-    yield make
-    for stream in created:
-        stream.close()
-        stream.unlink()
-
-
-@pytest.fixture
-def stopper():
-    """Stops every registered controller before the streams are torn down."""
-    controllers = []
-    yield controllers.append
-    for controller in controllers:
-        assert controller.stop(timeout=5.0)
 
 
 def frames(config, shape, dtype="float64", n=3):
