@@ -144,7 +144,7 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
         duration, debug_commands) -> None:
     """Run PIPELINE (default: the embedded adaptive-optics demo) as a supervised daemon.
 
-    Exit status: 0 stopped on request, 70 failed beyond its restart budget,
+    Exit status: 0 stopped on request, 69 HTTP address unavailable, 70 failed beyond its restart budget,
     73 shared memory could not be created, 75 namespace owned by another live
     process, 78 invalid configuration.
     """

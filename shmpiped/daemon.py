@@ -7,9 +7,10 @@ and swaps in a new immutable snapshot that the HTTP threads serve.  Signal
 handlers only set flags; control-socket threads only queue commands for the
 loop.  The loop is the only caller of the manager.
 
-Exit statuses: 0 stopped on request; 70 the pipeline failed beyond its
-restart budget; 73 shared memory could not be created; 75 the namespace is
-owned by another live process; 78 invalid configuration.
+Exit statuses: 0 stopped on request; 69 the HTTP address cannot be served;
+70 the pipeline failed beyond its restart budget; 73 shared memory could not
+be created; 75 the namespace is owned by another live process; 78 invalid
+configuration.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .supervisor import RestartPolicy, Supervisor
 log = logging.getLogger("shmpiped.daemon")
 
 EXIT_OK = 0
+EXIT_UNAVAILABLE = 69  # the HTTP address cannot be served (in use, not permitted)
 EXIT_PIPELINE_FAILED = 70
 EXIT_CANT_CREATE = 73
 EXIT_NAMESPACE_BUSY = 75
@@ -276,7 +278,12 @@ class Daemon:
                 return EXIT_CONFIG
             log.info("pipeline %r built from %s: %d workers", self.manager.namespace, self.config_source,
                      len(self.config.kernels))
-            self._start_servers()
+            try:
+                self._start_servers()
+            except OSError as exc:
+                log.error("cannot serve HTTP on %s: %s", self.settings.http_address, exc)
+                self.notifier.stopping(f"cannot serve HTTP: {exc}")
+                return EXIT_UNAVAILABLE
             return self._loop_until_stopped()
         finally:
             self.notifier.stopping()
@@ -298,9 +305,12 @@ class Daemon:
             from .control import ControlServer, default_socket_path
 
             path = self.settings.control_socket or default_socket_path(self.manager.namespace)
-            self._control = ControlServer(path, self.submit)
-            self._control.start()
-            log.info("control socket at %s", path)
+            try:
+                self._control = ControlServer(path, self.submit).start()
+                log.info("control socket at %s", path)
+            except OSError as exc:  # the pipeline matters more than its remote control
+                self._control = None
+                log.error("no control socket (shmpiped ctl will not reach this daemon): %s: %s", path, exc)
 
     def _close_servers(self) -> None:
         if self._http is not None:

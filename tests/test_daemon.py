@@ -263,3 +263,23 @@ def test_json_logs_and_environment_twins(tmp_path, namespace, daemons):
     assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     assert any(f"127.0.0.1:{port}" in line["message"] for line in lines)
     assert segments_of(namespace) == []
+
+
+def test_http_address_in_use_exits_69_and_unusable_socket_is_survived(tmp_path, namespace, daemons):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        path = write_pipeline(tmp_path / "p.yaml", namespace)
+        result = subprocess.run(
+            [sys.executable, "-m", "shmpiped.cli", "run", str(path), "--http-address", f"127.0.0.1:{port}",
+             "--control-socket", "none"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 69 and f"cannot serve HTTP on 127.0.0.1:{port}" in result.stderr
+        assert segments_of(namespace) == []
+    finally:
+        blocker.close()
+    socket_path = tmp_path / ("x" * 120) / "ctl.sock"  # longer than a Unix socket address may be
+    daemon = daemons(path, namespace, tmp_path, "--control-socket", str(socket_path))
+    daemon.wait_ready()
+    assert "no control socket (shmpiped ctl will not reach this daemon)" in daemon.output

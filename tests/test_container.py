@@ -1,0 +1,278 @@
+"""The container image, run in a real Docker engine.
+
+The image is built from the project's Dockerfile on a locally made Debian base
+(no registry is reachable), offline, from a wheelhouse built on this host: see
+tests/docker_support.py.  Without a usable engine these tests skip, and fail
+under CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import time
+import urllib.request
+
+import pytest
+
+from .conftest import run_python, segments_of
+from .daemon_support import metric_value
+from .docker_support import (
+    Containers,
+    DockerUnavailable,
+    build_base_image,
+    build_image,
+    check_engine,
+    docker,
+    host_port,
+    inspect,
+    logs,
+    remove_image,
+    unavailable,
+    wait_healthy,
+    wait_until,
+)
+
+STOP_GRACE_S = 10
+CONTAINER_UID = 10001
+
+
+@pytest.fixture(scope="session")
+def shmpiped_image(tmp_path_factory):
+    try:
+        check_engine()
+        base = build_base_image()
+        tag = build_image(base, tmp_path_factory.mktemp("docker-image"))
+    except DockerUnavailable as exc:
+        unavailable(str(exc))
+    yield tag
+    remove_image(tag)
+
+
+@pytest.fixture
+def containers(shmpiped_image):
+    started = Containers(shmpiped_image)
+    yield started
+    # A running container is stopped the way `docker stop` does it, so that its daemon removes its
+    # segments (with --ipc=host they are the host's); then everything this test started is removed.
+    for container in started.started:
+        try:
+            if inspect(container)["State"]["Running"]:
+                container.get_wrapped_container().stop(timeout=STOP_GRACE_S)
+        except Exception:  # noqa: BLE001 - removal below is what matters
+            pass
+    started.remove_all()
+
+
+def exec_in(container, *command: str) -> str:
+    result = docker("exec", container.get_wrapped_container().id, *command, timeout=60)
+    return result.stdout
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def write_pipeline(path, text: str):
+    path.write_text(textwrap.dedent(text))
+    path.chmod(0o644)  # read by the container's non-root user
+    return path
+
+
+def host_io_pipeline(path, namespace):
+    """Host writes `input`, the container doubles it into `output`; its own camera advances."""
+    return write_pipeline(path, f"""\
+        namespace: {namespace}
+        shared_memory:
+          - {{name: input, shape: [4], dtype: float32}}
+          - {{name: output, shape: [4], dtype: float32}}
+          - {{name: camera, shape: [8, 8], dtype: float32}}
+          - {{name: camera_offset, shape: [8, 8], dtype: float32}}
+        sources:
+          - name: synthetic_camera
+            kind: synthetic.array
+            stream: camera
+            parameters: {{pattern: ramp, rate_hz: 100}}
+        kernels:
+          - name: double
+            kind: cpu.scale
+            input: input
+            output: output
+            read_timeout: 0.2
+            parameters: {{factor: 2.0}}
+          - name: offset
+            kind: cpu.add_constant
+            input: camera
+            output: camera_offset
+            read_timeout: 0.2
+            parameters: {{constant: 1000.0}}
+        """)
+
+
+def failing_pipeline(path):
+    return write_pipeline(path, """\
+        namespace: broken
+        shared_memory:
+          - {name: input, shape: [4], dtype: float32}
+          - {name: output, shape: [4], dtype: float32}
+        sources:
+          - {name: camera, kind: synthetic.array, stream: input, parameters: {pattern: ramp, rate_hz: 100}}
+        kernels:
+          - name: stage
+            kind: cpu.raise_error
+            input: input
+            output: output
+            read_timeout: 0.2
+            parameters: {message: always broken}
+        """)
+
+
+# ---------------------------------------------------------------------- the image
+
+
+def test_image_metadata(shmpiped_image):
+    config = json.loads(docker("image", "inspect", shmpiped_image).stdout)[0]["Config"]
+    assert config["User"] == f"{CONTAINER_UID}:{CONTAINER_UID}"
+    assert config["Entrypoint"] == ["/usr/local/bin/shmpiped-entrypoint"]
+    assert config["Cmd"] == ["run"]
+    assert "9750/tcp" in config["ExposedPorts"]
+    assert config["StopSignal"] == "SIGTERM"
+    assert config["Healthcheck"]["Test"][0] == "CMD"  # exec form: no shell needed in the image
+    assert any("healthcheck.py" in part for part in config["Healthcheck"]["Test"])
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["SHMPIPED_HTTP_ADDRESS"] == "0.0.0.0:9750"
+    assert env["SHMPIPED_CONTROL_SOCKET"] == "/run/shmpiped/control.sock"
+
+
+def test_embedded_demo_becomes_healthy_and_is_scraped_from_the_host(containers):
+    container = containers.start("demo", ports=True)
+    state = wait_healthy(container)
+    assert state["Health"]["Log"][-1]["ExitCode"] == 0
+    port = host_port(container)
+
+    def scraped():
+        code, text = http_get(port, "/metrics")
+        return code == 200 and metric_value(text, "shmpiped_worker_frames_total", worker="clip") and text
+
+    text = wait_until(scraped, 30, describe=lambda: logs(container))
+    assert metric_value(text, "shmpiped_pipeline_state", state="running") == 1.0
+    assert metric_value(text, "shmpiped_worker_frames_total", worker="centroid") > 0
+    wait_until(lambda: http_get(port, "/readyz")[0] == 200, 30, describe=lambda: http_get(port, "/readyz"))
+    status = json.loads(http_get(port, "/status")[1])
+    assert status["namespace"] == "demo" and status["daemon"]["config_path"] is not None
+
+    # The daemon runs as the image's non-root user, and `shmpiped ctl` reaches it over the
+    # control socket the image configures.
+    assert exec_in(container, "id", "-u").strip() == str(CONTAINER_UID)
+    ctl = json.loads(exec_in(container, "shmpiped", "ctl", "status", "--json"))
+    assert ctl["state"] == "running", ctl
+    assert set(ctl["workers"]) == {"centroid", "flatten", "reconstruct", "integrate", "clip"}
+
+
+def test_runs_as_another_user(containers):
+    # `docker run --user UID:GID`, e.g. the host user who reads the streams: the daemon still
+    # creates its control socket in the image's /run/shmpiped.
+    container = containers.start("user", user="12345:12345", health_interval_s=None,
+                                 command=["run", "--duration", "2"])
+    assert container.get_wrapped_container().wait(timeout=60)["StatusCode"] == 0, logs(container)
+    assert "control socket at /run/shmpiped/control.sock" in logs(container)
+
+
+def test_ipc_host_shares_streams_with_host_processes(tmp_path, namespace, containers):
+    pipeline = host_io_pipeline(tmp_path / "pipeline.yaml", namespace)
+    container = containers.start("ipc", pipeline=pipeline, ipc_host=True)
+    wait_healthy(container)
+    wait_until(lambda: f"shmpiped.{namespace}.camera_offset" in os.listdir("/dev/shm"), 30,
+               describe=lambda: logs(container))
+    # The segments are in the host's /dev/shm, created by the container's user.
+    assert os.stat(f"/dev/shm/shmpiped.{namespace}.camera").st_uid == CONTAINER_UID
+
+    # A separate process on the host: reads frames the container's source and worker write, and
+    # writes the input that the container's worker consumes.
+    result = run_python(textwrap.dedent("""\
+        import json, sys, time
+        import numpy as np
+        import shmpiped
+
+        namespace = sys.argv[1]
+        camera = shmpiped.attach("camera_offset", namespace=namespace)
+        first_count, first = camera.count, camera.read()
+        count = first_count
+        for _ in range(10):
+            count = camera.wait(count, timeout=5)
+        last = camera.read()
+        inp = shmpiped.attach("input", namespace=namespace)
+        out = shmpiped.attach("output", namespace=namespace)
+        results = []
+        for value in ([1, 2, 3, 4], [0.5, -1, 10, 100], [7, 7, 7, 7]):
+            before = out.count
+            inp.write(np.asarray(value, dtype=np.float32))
+            out.wait(before, timeout=5)
+            results.append(out.read().tolist())
+        for stream in (camera, inp, out):
+            stream.close()
+        print(json.dumps({"first_count": first_count, "count": count, "first_min": float(first.min()),
+                          "changed": bool((first != last).any()), "results": results}))
+        """), namespace, timeout=60)
+    report = json.loads(result.stdout)
+    assert report["count"] >= report["first_count"] + 10
+    assert report["changed"] and report["first_min"] >= 1000.0  # the offset worker's output
+    assert report["results"] == [[2, 4, 6, 8], [1, -2, 20, 200], [14, 14, 14, 14]]
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["daemon-as-pid-1", "docker-init"])
+def test_docker_stop_exits_0_and_removes_the_segments(namespace, containers, init):
+    # The embedded demo (five workers), in the test's namespace, sharing the host's /dev/shm.
+    container = containers.start("stop", ipc_host=True, init=init, env={"SHMPIPED_NAMESPACE": namespace})
+    wait_healthy(container)
+    wait_until(lambda: len(segments_of(namespace)) >= 10, 30, describe=lambda: str(segments_of(namespace)))
+    pid1 = exec_in(container, "cat", "/proc/1/cmdline").replace("\0", " ")
+    assert ("init" in pid1) if init else ("shmpiped run" in pid1), pid1
+
+    wrapped = container.get_wrapped_container()
+    began = time.monotonic()
+    wrapped.stop(timeout=STOP_GRACE_S)
+    elapsed = time.monotonic() - began
+    state = inspect(container)["State"]
+    output = logs(container)
+    assert state["ExitCode"] == 0 and not state["OOMKilled"], output
+    assert elapsed < STOP_GRACE_S, f"docker stop took {elapsed:.1f} s (SIGKILL after {STOP_GRACE_S} s)"
+    assert "stopping: SIGTERM" in output and "stopped" in output
+    assert segments_of(namespace) == []
+
+
+def test_failed_pipeline_exits_70_and_the_restart_policy_brings_it_back(tmp_path, containers):
+    pipeline = failing_pipeline(tmp_path / "pipeline.yaml")
+    container = containers.start(
+        "restart", pipeline=pipeline, health_interval_s=None,
+        env={"SHMPIPED_RESTART_BUDGET": 1, "SHMPIPED_BACKOFF_INITIAL": 0.05},
+        restart={"Name": "on-failure", "MaximumRetryCount": 1})
+
+    def exhausted():  # one run, one restart by Docker, then the retry count is spent
+        state = inspect(container)
+        return state if state["State"]["Status"] == "exited" and state["RestartCount"] >= 1 else None
+
+    attrs = wait_until(exhausted, 90, interval=0.5, describe=lambda: f"{inspect(container)['State']}\n"
+                                                                     f"{logs(container)}")
+    assert attrs["RestartCount"] == 1
+    assert attrs["State"]["ExitCode"] == 70
+    output = logs(container)
+    assert output.count("pipeline failed beyond its restart budget") == 2, output
+    assert "always broken" in output
+
+
+def test_invalid_yaml_exits_78(tmp_path, containers):
+    pipeline = write_pipeline(tmp_path / "pipeline.yaml", "namespace: x\nshared_memory: [\n  {name: a\n")
+    container = containers.start("invalid", pipeline=pipeline, health_interval_s=None)
+    assert container.get_wrapped_container().wait(timeout=60)["StatusCode"] == 78
+    assert "invalid configuration" in logs(container)
+    assert "/etc/shmpiped/pipeline.yaml" in logs(container)
+    # Any other subcommand goes through the same entrypoint: `docker run IMAGE validate FILE`.
+    check = containers.start("validate", pipeline=pipeline, health_interval_s=None,
+                             command=["validate", "/etc/shmpiped/pipeline.yaml"])
+    assert check.get_wrapped_container().wait(timeout=60)["StatusCode"] == 78
