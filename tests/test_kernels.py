@@ -640,7 +640,7 @@ class TestTipTiltController:
 
 
 class TestLegacyKinds:
-    @pytest.mark.parametrize("kind", ["cpu.shack_hartmann_centroid", "cpu.centroid", "cpu.tip_tilt_controller"])
+    @pytest.mark.parametrize("kind", ["cpu.centroid", "cpu.tip_tilt_controller"])
     def test_resolving_warns(self, kind):
         with pytest.warns(DeprecationWarning, match=kind):
             REGISTRY.get(kind)
@@ -649,7 +649,7 @@ class TestLegacyKinds:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             for kind in REGISTRY.kinds():
-                if kind not in ("cpu.shack_hartmann_centroid", "cpu.centroid", "cpu.tip_tilt_controller"):
+                if kind not in ("cpu.centroid", "cpu.tip_tilt_controller"):
                     REGISTRY.get(kind)
 
 

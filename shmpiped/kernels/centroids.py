@@ -162,10 +162,14 @@ class TileCentroidPlan:
 
 
 class ShackHartmannCentroidKernel(Kernel):
-    """Legacy: output (H/t, W/t, 2) = per-tile [dy, dx] relative to the tile centre."""
+    """output (H/t, W/t, 2) = per-tile [dy, dx] relative to the tile centre.
+
+    shmpipeline marks this kind legacy; shmpiped keeps it first-class (it is the
+    first stage of every Shack-Hartmann loop, the demo's included).  Its alias
+    ``cpu.centroid`` stays deprecated.
+    """
 
     kind = "cpu.shack_hartmann_centroid"
-    deprecated = True
 
     @classmethod
     def validate_config(cls, config, shared_memory) -> None:
@@ -202,6 +206,7 @@ class CentroidKernel(ShackHartmannCentroidKernel):
     """Legacy alias of shack_hartmann_centroid."""
 
     kind = "cpu.centroid"
+    deprecated = True
 
 
 class TipTiltControllerKernel(Kernel):
