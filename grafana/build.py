@@ -1,0 +1,494 @@
+#!/usr/bin/env python3
+"""shmpiped's Grafana dashboards as code: plain dicts written as JSON.
+
+    python grafana/build.py            # (re)write grafana/dashboards/*.json
+    python grafana/build.py --check    # exit 1 if a committed file differs from this code
+
+The JSON files are generated: change this file and rerun it, never edit them
+by hand (tests/test_grafana.py fails when they are out of date).  Standard
+library only, so that it runs anywhere the repository is checked out.
+
+Conventions (the metric catalogue is docs/metrics.md):
+
+* every panel and query uses the ``$datasource`` variable
+  (``{"type": "prometheus", "uid": "${datasource}"}``); uids are stable;
+* ``$pipeline`` is the pipeline's namespace, ``$worker`` one of its workers;
+* rates use ``$__rate_interval`` (the provisioned datasource declares the 5 s
+  scrape interval, so it spans at least four scrapes), totals over the
+  dashboard's range use ``$__range``;
+* quantiles come from the histograms with ``histogram_quantile()``;
+* state-set metrics (one 0/1 series per state) are drawn by turning the
+  current state into its position in the state list, which value mappings
+  turn back into the state's name and colour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUTPUT = HERE / "dashboards"
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+TAGS = ["shmpiped"]
+OVERVIEW_UID = "shmpiped-overview"
+WORKER_UID = "shmpiped-worker"
+
+#: ``shmpiped.metrics.PIPELINE_STATES`` and ``WORKER_HEALTH_STATES`` (a test keeps them equal),
+#: each with its colour.
+PIPELINE_STATES = {
+    "initialized": "blue",
+    "built": "light-blue",
+    "running": "green",
+    "paused": "purple",
+    "failed": "red",
+    "stopped": "orange",
+}
+WORKER_HEALTH_STATES = {
+    "starting": "blue",
+    "waiting-input": "light-blue",
+    "active": "green",
+    "idle": "yellow",
+    "paused": "purple",
+    "failed": "red",
+    "stopped": "orange",
+}
+
+#: The end-to-end latency budget drawn on the latency panels; the same constant as the
+#: ShmpipedEndToEndLatencyHigh alert (deploy/prometheus/shmpiped-rules.yml).
+LATENCY_BUDGET_S = 0.002
+
+PIPELINE = 'pipeline="$pipeline"'
+WORKER = 'pipeline="$pipeline", worker="$worker"'
+
+
+# ---------------------------------------------------------------------- queries
+
+
+def state_code(metric: str, states: dict[str, str], selector: str, by: str) -> str:
+    """The current state's 1-based position in ``states``, per ``by`` label."""
+    terms = [f'({metric}{{{selector}, state="{state}"}} == 1) * {code}'
+             for code, state in enumerate(states, start=1)]
+    return f"max by ({by}) (\n  " + "\n  or ".join(terms) + "\n)"
+
+
+def quantile(q: float, histogram: str, selector: str, by: str) -> str:
+    return (f"histogram_quantile({q}, sum by ({by}, le) "
+            f"(rate({histogram}_bucket{{{selector}}}[$__rate_interval])))")
+
+
+def state_mappings(states: dict[str, str]) -> list[dict]:
+    options = {str(code): {"text": state, "color": colour, "index": code - 1}
+               for code, (state, colour) in enumerate(states.items(), start=1)}
+    return [{"type": "value", "options": options}]
+
+
+# ---------------------------------------------------------------------- panels
+
+
+def target(expr: str, legend: str = "", *, instant: bool = False, fmt: str = "time_series") -> dict:
+    return {
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "expr": expr,
+        "format": fmt,
+        "instant": instant,
+        "legendFormat": legend or "__auto",
+        "range": not instant,
+    }
+
+
+def _panel(kind: str, title: str, description: str, targets: list[dict], width: int, height: int,
+           field_config: dict, options: dict) -> dict:
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": height, "w": width},
+        "fieldConfig": field_config,
+        "options": options,
+        "targets": [{**t, "refId": chr(ord("A") + i)} for i, t in enumerate(targets)],
+    }
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> dict:
+    return {"mode": "absolute", "steps": [{"color": colour, "value": value} for value, colour in steps]}
+
+
+def timeseries(title: str, description: str, targets: list[dict], unit: str, width: int = 12,
+               height: int = 8, *, bars: bool = False, decimals: int | None = None,
+               threshold: float | None = None, overrides: list[dict] | None = None,
+               links: list[dict] | None = None) -> dict:
+    custom = {
+        "drawStyle": "bars" if bars else "line",
+        "lineWidth": 1,
+        "fillOpacity": 60 if bars else 10,
+        "showPoints": "never",
+        "spanNulls": False,
+        "axisSoftMin": 0,
+        "thresholdsStyle": {"mode": "off" if threshold is None else "dashed"},
+    }
+    defaults: dict = {"unit": unit, "color": {"mode": "palette-classic"}, "custom": custom}
+    if threshold is None:
+        defaults["thresholds"] = _thresholds((None, "green"))
+    else:
+        defaults["thresholds"] = _thresholds((None, "green"), (threshold, "red"))
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    if links:
+        defaults["links"] = links
+    options = {
+        "legend": {"showLegend": True, "displayMode": "table", "placement": "bottom",
+                   "calcs": ["mean", "lastNotNull", "max"]},
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
+    return _panel("timeseries", title, description, targets, width, height,
+                  {"defaults": defaults, "overrides": overrides or []}, options)
+
+
+def stat(title: str, description: str, targets: list[dict], unit: str, width: int, height: int = 4, *,
+         thresholds: dict | None = None, mappings: list[dict] | None = None, decimals: int | None = None,
+         text_mode: str = "value", color_mode: str = "value") -> dict:
+    defaults: dict = {
+        "unit": unit,
+        "color": {"mode": "thresholds"},
+        "thresholds": thresholds or _thresholds((None, "green")),
+        "mappings": mappings or [],
+    }
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    options = {
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "textMode": text_mode,
+        "colorMode": color_mode,
+        "graphMode": "none",
+        "justifyMode": "auto",
+        "orientation": "auto",
+    }
+    return _panel("stat", title, description, targets, width, height,
+                  {"defaults": defaults, "overrides": []}, options)
+
+
+def state_timeline(title: str, description: str, targets: list[dict], states: dict[str, str],
+                   width: int = 24, height: int = 7) -> dict:
+    defaults = {
+        "color": {"mode": "thresholds"},
+        "thresholds": _thresholds((None, "text")),
+        "mappings": state_mappings(states),
+        "custom": {"fillOpacity": 80, "lineWidth": 0},
+    }
+    options = {
+        "showValue": "never",
+        "mergeValues": True,
+        "alignValue": "left",
+        "rowHeight": 0.9,
+        "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"},
+        "tooltip": {"mode": "single", "sort": "none"},
+    }
+    return _panel("state-timeline", title, description, targets, width, height,
+                  {"defaults": defaults, "overrides": []}, options)
+
+
+def heatmap(title: str, description: str, targets: list[dict], unit: str, width: int = 12,
+            height: int = 8) -> dict:
+    options = {
+        "calculate": False,
+        "yAxis": {"unit": unit, "axisPlacement": "left"},
+        "rowsFrame": {"layout": "le"},
+        "color": {"mode": "scheme", "scheme": "Oranges", "scale": "exponential", "exponent": 0.5,
+                  "steps": 64, "fill": "dark-orange", "reverse": False},
+        "cellGap": 1,
+        "filterValues": {"le": 1e-9},
+        "showValue": "never",
+        "legend": {"show": True},
+        "tooltip": {"mode": "single", "yHistogram": False},
+    }
+    return _panel("heatmap", title, description, targets, width, height,
+                  {"defaults": {"custom": {"scaleDistribution": {"type": "linear"}}}, "overrides": []},
+                  options)
+
+
+def dashed(series: str) -> dict:
+    """An override drawing the series named ``series`` as a dashed grey reference line."""
+    return {
+        "matcher": {"id": "byName", "options": series},
+        "properties": [
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            {"id": "custom.fillOpacity", "value": 0},
+            {"id": "color", "value": {"mode": "fixed", "fixedColor": "text"}},
+        ],
+    }
+
+
+# ---------------------------------------------------------------------- dashboards
+
+
+def _place(panels: list[dict]) -> list[dict]:
+    """Flow panels left to right in rows of 24 columns; give them ids in order."""
+    x = y = row_height = 0
+    for number, panel in enumerate(panels, start=1):
+        grid = panel["gridPos"]
+        if x + grid["w"] > 24:
+            x, y, row_height = 0, y + row_height, 0
+        grid["x"], grid["y"] = x, y
+        x += grid["w"]
+        row_height = max(row_height, grid["h"])
+        panel["id"] = number
+    return panels
+
+
+def datasource_variable() -> dict:
+    return {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {"selected": False, "text": "Prometheus", "value": "prometheus"},
+        "hide": 0,
+        "refresh": 1,
+        "regex": "",
+        "includeAll": False,
+        "multi": False,
+        "options": [],
+    }
+
+
+def query_variable(name: str, label: str, query: str) -> dict:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": query,
+        "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "current": {},
+        "hide": 0,
+        "refresh": 2,   # on time range change: pipelines and workers come and go
+        "regex": "",
+        "sort": 1,
+        "includeAll": False,
+        "multi": False,
+        "options": [],
+    }
+
+
+PIPELINE_VARIABLE = query_variable("pipeline", "Pipeline", "label_values(shmpiped_pipeline_state, pipeline)")
+WORKER_VARIABLE = query_variable("worker", "Worker",
+                                 'label_values(shmpiped_worker_health{pipeline="$pipeline"}, worker)')
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[dict], variables: list[dict]) -> dict:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": TAGS,
+        "id": None,
+        "version": 1,
+        "schemaVersion": 39,
+        "editable": True,
+        "graphTooltip": 1,   # shared crosshair
+        "liveNow": False,
+        "refresh": "10s",
+        "time": {"from": "now-30m", "to": "now"},
+        "timepicker": {},
+        "timezone": "browser",
+        "fiscalYearStartMonth": 0,
+        "weekStart": "",
+        "annotations": {"list": [{
+            "builtIn": 1,
+            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True,
+            "hide": True,
+            "iconColor": "rgba(0, 211, 255, 1)",
+            "name": "Annotations & Alerts",
+            "type": "dashboard",
+        }]},
+        "links": [{
+            "title": "shmpiped",
+            "type": "dashboards",
+            "tags": TAGS,
+            "asDropdown": False,
+            "includeVars": True,
+            "keepTime": True,
+            "targetBlank": False,
+            "icon": "external link",
+            "tooltip": "",
+            "url": "",
+        }],
+        "templating": {"list": [datasource_variable(), *variables]},
+        "panels": _place(panels),
+    }
+
+
+def overview() -> dict:
+    worker_link = {
+        "title": "Worker ${__field.labels.worker}",
+        "url": f"/d/{WORKER_UID}/shmpiped-worker?${{datasource:queryparam}}&${{pipeline:queryparam}}"
+               "&var-worker=${__field.labels.worker}&${__url_time_range}",
+    }
+    panels = [
+        stat("Pipeline state", "The pipeline's lifecycle state (shmpiped_pipeline_state).",
+             [target(state_code("shmpiped_pipeline_state", PIPELINE_STATES, PIPELINE, "pipeline"),
+                     "{{pipeline}}", instant=True)],
+             "none", 4, mappings=state_mappings(PIPELINE_STATES), color_mode="background"),
+        stat("Workers by health", "How many workers are in each health state now.",
+             [target(f"sum by (state) (shmpiped_worker_health{{{PIPELINE}}}) > 0", "{{state}}", instant=True)],
+             "none", 5, text_mode="value_and_name", decimals=0),
+        stat("Loop rate now", "Throughput of the slowest worker over its last 1000 frames: the rate the loop "
+             "closes at.", [target(f"min(shmpiped_worker_throughput_hertz{{{PIPELINE}}})", "loop rate",
+                                   instant=True)],
+             "hertz", 4),
+        stat("End-to-end p99", "Worst p99 latency from a frame's origin to a sink stream, over the rate "
+             f"interval; red above the {LATENCY_BUDGET_S * 1e3:g} ms budget of the alert rules.",
+             [target(f"max({quantile(0.99, 'shmpiped_end_to_end_latency_seconds', PIPELINE, 'stream')})",
+                     "p99", instant=True)],
+             "s", 4, thresholds=_thresholds((None, "green"), (LATENCY_BUDGET_S, "red"))),
+        stat("Restarts in range", "Worker restarts in the dashboard's time range.",
+             [target(f"sum(increase(shmpiped_worker_restarts_total{{{PIPELINE}}}[$__range]))", "restarts",
+                     instant=True)],
+             "none", 3, decimals=0, thresholds=_thresholds((None, "green"), (1, "orange"))),
+        stat("Failures in range", "Component failures (workers, sources, sinks) in the dashboard's time range.",
+             [target(f"sum(increase(shmpiped_pipeline_failures_total{{{PIPELINE}}}[$__range]))", "failures",
+                     instant=True)],
+             "none", 4, decimals=0, thresholds=_thresholds((None, "green"), (1, "red"))),
+        state_timeline("Worker health", "Each worker's health over time (shmpiped_worker_health): "
+                       + ", ".join(WORKER_HEALTH_STATES) + ".",
+                       [target(state_code("shmpiped_worker_health", WORKER_HEALTH_STATES, PIPELINE, "worker"),
+                               "{{worker}}")],
+                       WORKER_HEALTH_STATES),
+        timeseries("Loop rate", "Each worker's throughput over its last 1000 frames, and the daemon's "
+                   "--target-rate when set.",
+                   [target(f"shmpiped_worker_throughput_hertz{{{PIPELINE}}}", "{{worker}}"),
+                    target(f"shmpiped_pipeline_target_rate_hertz{{{PIPELINE}}}", "target")],
+                   "hertz", overrides=[dashed("target")]),
+        timeseries("Stream publications", "Publications per second on each stream.",
+                   [target(f"rate(shmpiped_stream_frames_total{{{PIPELINE}}}[$__rate_interval])", "{{stream}}")],
+                   "hertz"),
+        timeseries("End-to-end latency", "p50 and p99 latency from a frame's origin to its publication on "
+                   "each sink stream (from the histogram); the dashed line is the "
+                   f"{LATENCY_BUDGET_S * 1e3:g} ms budget.",
+                   [target(quantile(0.5, "shmpiped_end_to_end_latency_seconds", PIPELINE, "stream"),
+                           "{{stream}} p50"),
+                    target(quantile(0.99, "shmpiped_end_to_end_latency_seconds", PIPELINE, "stream"),
+                           "{{stream}} p99")],
+                   "s", threshold=LATENCY_BUDGET_S),
+        timeseries("Exec time p99 by worker", "p99 of each worker's exec time (kernel plus publication) "
+                   "from its histogram. Click a series for the worker's dashboard.",
+                   [target(quantile(0.99, "shmpiped_worker_exec_seconds", PIPELINE, "worker"), "{{worker}}")],
+                   "s", links=[worker_link]),
+        timeseries("Restarts", "Worker restarts, and pipeline restarts by the daemon, per rate interval.",
+                   [target(f"increase(shmpiped_worker_restarts_total{{{PIPELINE}}}[$__rate_interval])",
+                           "{{worker}}"),
+                    target(f"increase(shmpiped_pipeline_restarts_total{{{PIPELINE}}}[$__rate_interval])",
+                           "pipeline")],
+                   "none", 8, bars=True),
+        timeseries("Failures", "Component failures (workers, sources, sinks) per rate interval.",
+                   [target(f"increase(shmpiped_pipeline_failures_total{{{PIPELINE}}}[$__rate_interval])",
+                           "failures")],
+                   "none", 8, bars=True),
+        timeseries("Overruns", "Frames each worker dropped because the writer lapped it, per rate interval.",
+                   [target(f"increase(shmpiped_worker_overruns_total{{{PIPELINE}}}[$__rate_interval])",
+                           "{{worker}}")],
+                   "none", 8, bars=True),
+    ]
+    return dashboard(OVERVIEW_UID, "shmpiped / Overview",
+                     "One shmpiped pipeline: state, worker health, loop rate, latency, restarts and failures.",
+                     panels, [PIPELINE_VARIABLE])
+
+
+def worker() -> dict:
+    exec_hist = "shmpiped_worker_exec_seconds"
+    panels = [
+        stat("Health now", "The worker's health now (shmpiped_worker_health).",
+             [target(state_code("shmpiped_worker_health", WORKER_HEALTH_STATES, WORKER, "worker"), "{{worker}}",
+                     instant=True)],
+             "none", 4, mappings=state_mappings(WORKER_HEALTH_STATES), color_mode="background"),
+        stat("Throughput now", "Completion rate over the last 1000 frames.",
+             [target(f"shmpiped_worker_throughput_hertz{{{WORKER}}}", "throughput", instant=True)],
+             "hertz", 4),
+        stat("Exec time p99 now", "p99 exec time over the rate interval, from the histogram.",
+             [target(quantile(0.99, exec_hist, WORKER, "worker"), "p99", instant=True)], "s", 4),
+        stat("Restarts total", "Times the worker was respawned since the daemon started.",
+             [target(f"shmpiped_worker_restarts_total{{{WORKER}}}", "restarts", instant=True)],
+             "none", 4, decimals=0, thresholds=_thresholds((None, "green"), (1, "orange"))),
+        stat("Overruns total", "Frames dropped since the worker process started (the writer lapped it).",
+             [target(f"shmpiped_worker_overruns_total{{{WORKER}}}", "overruns", instant=True)],
+             "none", 4, decimals=0, thresholds=_thresholds((None, "green"), (1, "orange"))),
+        stat("CPU slot", "The CPU the worker is pinned to (no data when it is not pinned).",
+             [target(f"shmpiped_worker_cpu_slot{{{WORKER}}}", "cpu", instant=True)],
+             "none", 4, decimals=0, thresholds=_thresholds((None, "text"))),
+        state_timeline("Health over time", "The worker's health over time: " + ", ".join(WORKER_HEALTH_STATES) + ".",
+                       [target(state_code("shmpiped_worker_health", WORKER_HEALTH_STATES, WORKER, "worker"),
+                               "{{worker}}")],
+                       WORKER_HEALTH_STATES, height=4),
+        timeseries("Exec time", "Exec time (kernel plus publication of the outputs, never the wait for "
+                   "input): the mean over the last 1000 frames, and p50/p99 from the histogram.",
+                   [target(f"shmpiped_worker_avg_exec_seconds{{{WORKER}}}", "avg (last 1000 frames)"),
+                    target(quantile(0.5, exec_hist, WORKER, "worker"), "p50"),
+                    target(quantile(0.99, exec_hist, WORKER, "worker"), "p99")],
+                   "s"),
+        timeseries("Jitter", "Standard deviation of the exec time over the last 1000 frames.",
+                   [target(f"shmpiped_worker_jitter_rms_seconds{{{WORKER}}}", "jitter (rms)")],
+                   "s"),
+        timeseries("Throughput", "Completion rate over the last 1000 frames, frames per second from the "
+                   "counter, and the daemon's --target-rate when set.",
+                   [target(f"shmpiped_worker_throughput_hertz{{{WORKER}}}", "throughput (last 1000 frames)"),
+                    target(f"rate(shmpiped_worker_frames_total{{{WORKER}}}[$__rate_interval])", "frames/s"),
+                    target(f"shmpiped_pipeline_target_rate_hertz{{{PIPELINE}}}", "target")],
+                   "hertz", overrides=[dashed("target")]),
+        heatmap("Exec time distribution", "Frames per exec-time bucket and rate interval.",
+                [target(f"sum by (le) (increase({exec_hist}_bucket{{{WORKER}}}[$__rate_interval]))", "{{le}}",
+                        fmt="heatmap")],
+                "s"),
+        timeseries("Idle", "Seconds since the worker last completed a frame, and since it last touched its "
+                   "telemetry record (which grows only when it hangs).",
+                   [target(f"shmpiped_worker_idle_seconds{{{WORKER}}}", "idle"),
+                    target(f"shmpiped_worker_last_metric_age_seconds{{{WORKER}}}", "telemetry age")],
+                   "s"),
+        timeseries("Overruns", "Frames dropped per rate interval because the writer lapped the worker.",
+                   [target(f"increase(shmpiped_worker_overruns_total{{{WORKER}}}[$__rate_interval])", "overruns")],
+                   "none", bars=True),
+    ]
+    return dashboard(WORKER_UID, "shmpiped / Worker",
+                     "One worker of a shmpiped pipeline: exec time, jitter, throughput, idle time, overruns.",
+                     panels, [PIPELINE_VARIABLE, WORKER_VARIABLE])
+
+
+def dashboards() -> dict[str, dict]:
+    """File name -> dashboard model."""
+    return {"shmpiped-overview.json": overview(), "shmpiped-worker.json": worker()}
+
+
+def render(model: dict) -> str:
+    return json.dumps(model, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a written file is out of date")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help="folder of the JSON files")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, model in dashboards().items():
+        path = args.output / name
+        text = render(model)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print("out of date (run python grafana/build.py): " + ", ".join(map(str, stale)), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
