@@ -255,6 +255,10 @@ class PipelineManager:
             self._last_metrics.clear()
             self._pause_event.clear()
             self._block.set_paused(False)
+            if self.wait_strategy != "futex" and len(self.config.kernels) >= len(available_cpus()):
+                log.warning("wait strategy %r spins: with %d workers on %d CPUs, spinning workers will "
+                            "take CPU time from each other; it needs a dedicated core per worker",
+                            self.wait_strategy, len(self.config.kernels), len(available_cpus()))
             try:
                 self._start_sinks()
                 for index, kernel in enumerate(self.config.kernels):
