@@ -37,6 +37,7 @@ __all__ = [
     "SinkConfig",
     "SourceConfig",
     "SynchronizationConfig",
+    "gpu_device_index",
     "load_yaml",
 ]
 
@@ -820,14 +821,6 @@ def _check_auxiliary_repeats(entry: _Entry, owner: str, auxiliary: Any) -> None:
         entry.fail(f"{owner} cannot reuse the same auxiliary alias more than once", "auxiliary")
 
 
-def _one_or_many(entry: _Entry, single: str, plural: str, owner: str) -> Any:
-    """``single`` (one stream name) or ``plural`` (a list), as a tuple; None if neither."""
-    if entry.raw.get(single) is not None:
-        name = entry.get(single, _text(f"{single} for {owner}"))
-        return _BAD if name is _BAD else (name,)
-    return entry.get(plural, _stream_names(f"{plural} for {owner}"))
-
-
 # -- shared_memory entries ---------------------------------------------------------------
 
 
@@ -857,7 +850,7 @@ def _shape(name: str) -> Callable[[Any], tuple[int, ...]]:
     return parse
 
 
-def _dtype(name: str) -> Callable[[Any], str]:
+def _dtype(name: str, storage: Any) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if value is None:
             raise _Invalid(f"shared memory {name!r} must declare a dtype")
@@ -866,6 +859,8 @@ def _dtype(name: str) -> Callable[[Any], str]:
         except Exception as exc:  # noqa: BLE001 - numpy raises TypeError, ValueError, ...
             raise _Invalid(f"invalid dtype for shared memory {name!r}: {value!r}") from exc
         if dtype.kind not in "biufc":
+            if storage == "gpu":
+                raise _Invalid(f"unsupported GPU dtype {str(dtype)!r} for shared memory {name!r}")
             raise _Invalid(f"dtype for shared memory {name!r} must be a numeric or bool dtype")
         if not dtype.isnative:
             raise _Invalid(f"dtype for shared memory {name!r} must use native byte order")
@@ -943,17 +938,43 @@ def _check_values(entry: _Entry, name: str, values: Any, shape: tuple, dtype: st
                    f"{tuple(shape)}", "values")
 
 
+_GPU_DEVICE = re.compile(r"cuda(?::([0-9]+))?")
+
+
+def gpu_device_index(text: str) -> int:
+    """The device index of a ``gpu_device``: ``cuda`` -> 0, ``cuda:N`` -> N.
+
+    Case and surrounding white space are ignored; anything else raises ``ValueError``.
+    """
+    match = _GPU_DEVICE.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"gpu_device must be 'cuda' or 'cuda:<index>', got {text!r}")
+    return int(match.group(1) or 0)
+
+
+def _gpu_device(name: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(f"gpu_device for shared memory {name!r}")(value)
+        try:
+            gpu_device_index(text)
+        except ValueError:
+            raise _Invalid(f"gpu_device for shared memory {name!r} must be 'cuda' or "
+                           f"'cuda:<index>', got {text!r}") from None
+        return text.lower()
+    return parse
+
+
 def _parse_stream(entry: _Entry, namespace: str | None) -> SharedMemoryConfig | None:
     entry.reject_unknown(STREAM_KEYS, "shared_memory entry")
     name = entry.get("name", _stream_name, _REQUIRED)
     if name is _BAD:
         return None
     shape = entry.get("shape", _shape(name), _REQUIRED)
-    dtype = entry.get("dtype", _dtype(name), _REQUIRED)
     storage = entry.get("storage", _choice(
         ("cpu", "gpu"), f"storage must be either 'cpu' or 'gpu', got {entry.raw.get('storage')!r}"
     ), "cpu")
-    gpu_device = entry.get("gpu_device", _text(f"gpu_device for shared memory {name!r}"))
+    dtype = entry.get("dtype", _dtype(name, storage), _REQUIRED)
+    gpu_device = entry.get("gpu_device", _gpu_device(name))
     if storage == "gpu" and gpu_device is None:
         entry.fail(f"GPU shared memory {name!r} requires gpu_device", "storage")
     elif storage == "cpu" and gpu_device is not None:
@@ -1017,33 +1038,69 @@ def _generations(owner: str) -> Callable[[Any], int]:
     return parse
 
 
-def _node_name(entry: _Entry, label: str) -> Any:
-    return entry.get("name", _text(f"{label} name"), _REQUIRED)
+def _reject_both(entry: _Entry, label: str, *pairs: tuple[str, str]) -> None:
+    """Fail where an entry uses both the single and the plural form of a key."""
+    for single, plural in pairs:
+        if entry.has(single) and entry.has(plural):
+            entry.fail(f"{label} entry must use either {single!r} or {plural!r}, not both", plural)
+
+
+def _node_start(entry: _Entry, label: str, keys: tuple[str, ...]) -> tuple[str, str, Any] | None:
+    """Reject unknown keys, read name and kind: ``(name, owner, kind)``; None for a bad name."""
+    entry.reject_unknown(keys, f"{label} entry")
+    name = entry.get("name", _text(f"{label} name"), _REQUIRED)
+    if name is _BAD:
+        return None
+    owner = f"{label} {name!r}"
+    return name, owner, entry.get("kind", _text(f"kind for {owner}"), _REQUIRED)
+
+
+def _one_or_many(entry: _Entry, single: str, plural: str, owner: str) -> Any:
+    """``single`` (one stream name) or ``plural`` (a list), as a tuple; one of them is required."""
+    if entry.raw.get(single) is not None:
+        name = entry.get(single, _text(f"{single} for {owner}"))
+        return _BAD if name is _BAD else (name,)
+    names = entry.get(plural, _stream_names(f"{plural} for {owner}"))
+    if names is None:
+        entry.fail(f"{owner} must declare {single!r} or {plural!r}")
+        return _BAD
+    return names
+
+
+def _key_used(entry: _Entry, single: str, plural: str) -> str:
+    return single if entry.has(single) else plural
+
+
+def _check_unique(entry: _Entry, owner: str, names: Any, what: str, key: str) -> None:
+    """Fail at ``key`` when the parsed stream list ``names`` names a stream twice."""
+    if isinstance(names, tuple) and _repeats(names):
+        entry.fail(f"{owner} cannot declare the same {what} stream more than once", key)
+
+
+def _checked_auxiliary(entry: _Entry, owner: str) -> Any:
+    auxiliary = entry.get("auxiliary", _auxiliary(owner), ())
+    _check_auxiliary_repeats(entry, owner, auxiliary)
+    return auxiliary
+
+
+def _timings(entry: _Entry, owner: str, **defaults: float | None) -> dict[str, Any]:
+    """A node's durations in seconds (each positive), by key, with their defaults."""
+    return {key: entry.get(key, _timeout(f"{key} for {owner}"), default)
+            for key, default in defaults.items()}
 
 
 def _parse_kernel(entry: _Entry) -> KernelConfig | None:
-    for single, plural in (("input", "inputs"), ("output", "outputs")):
-        if entry.has(single) and entry.has(plural):
-            entry.fail(f"kernel entry must use either {single!r} or {plural!r}, not both", plural)
-    entry.reject_unknown(KERNEL_KEYS, "kernel entry")
-    name = _node_name(entry, "kernel")
-    if name is _BAD:
+    _reject_both(entry, "kernel", ("input", "inputs"), ("output", "outputs"))
+    start = _node_start(entry, "kernel", KERNEL_KEYS)
+    if start is None:
         return None
-    owner = f"kernel {name!r}"
-    kind = entry.get("kind", _text(f"kind for {owner}"), _REQUIRED)
+    name, owner, kind = start
     inputs = _one_or_many(entry, "input", "inputs", owner)
-    if inputs is None:
-        entry.fail(f"{owner} must declare 'input' or 'inputs'")
     outputs = _one_or_many(entry, "output", "outputs", owner)
-    if outputs is None:
-        entry.fail(f"{owner} must declare 'output' or 'outputs'")
     auxiliary = entry.get("auxiliary", _auxiliary(owner), ())
     operation = entry.get("operation", _text(f"operation for {owner}"))
     parameters = entry.get("parameters", _parameters(owner), {})
-    timings = {
-        key: entry.get(key, _timeout(f"{key} for {owner}"), default)
-        for key, default in (("read_timeout", 1.0), ("pause_sleep", 0.01), ("poll_interval", 1e-5))
-    }
+    timings = _timings(entry, owner, read_timeout=1.0, pause_sleep=0.01, poll_interval=1e-5)
     policy_error = f"trigger_policy for {owner} must be either 'any_new' or 'all_new'"
     trigger_policy = entry.get("trigger_policy", _choice(TRIGGER_POLICIES, policy_error))
     synchronization = _synchronization(entry, owner)
@@ -1068,16 +1125,11 @@ def _parse_kernel(entry: _Entry) -> KernelConfig | None:
 def _check_kernel_streams(entry: _Entry, owner: str, inputs: tuple, outputs: tuple,
                           auxiliary: tuple, trigger_policy: str,
                           synchronization: SynchronizationConfig) -> None:
-    input_key = "input" if entry.has("input") else "inputs"
-    output_key = "output" if entry.has("output") else "outputs"
-    if _repeats(inputs):
-        entry.fail(f"{owner} cannot declare the same trigger input stream more than once",
-                   input_key)
+    _check_unique(entry, owner, inputs, "trigger input", _key_used(entry, "input", "inputs"))
     if synchronization.mode == "matching_frame_id" and trigger_policy != "all_new":
         entry.fail(f"{owner} synchronization mode 'matching_frame_id' requires trigger_policy "
                    "'all_new'", "synchronization")
-    if _repeats(outputs):
-        entry.fail(f"{owner} cannot declare the same output stream more than once", output_key)
+    _check_unique(entry, owner, outputs, "output", _key_used(entry, "output", "outputs"))
     if set(inputs) & set(outputs):
         entry.fail(f"{owner} cannot use the same shared memory for both input and output")
     _check_auxiliary_repeats(entry, owner, auxiliary)
@@ -1089,60 +1141,40 @@ def _check_kernel_streams(entry: _Entry, owner: str, inputs: tuple, outputs: tup
 
 
 def _parse_source(entry: _Entry) -> SourceConfig | None:
-    if entry.has("stream") and entry.has("streams"):
-        entry.fail("source entry must use either 'stream' or 'streams', not both", "streams")
-    entry.reject_unknown(SOURCE_KEYS, "source entry")
-    name = _node_name(entry, "source")
-    if name is _BAD:
+    _reject_both(entry, "source", ("stream", "streams"))
+    start = _node_start(entry, "source", SOURCE_KEYS)
+    if start is None:
         return None
-    owner = f"source {name!r}"
-    kind = entry.get("kind", _text(f"kind for {owner}"), _REQUIRED)
+    name, owner, kind = start
     streams = _one_or_many(entry, "stream", "streams", owner)
-    if streams is None:
-        entry.fail(f"{owner} must declare 'stream' or 'streams'")
-    elif streams is not _BAD and _repeats(streams):
-        entry.fail(f"{owner} cannot declare the same output stream more than once",
-                   "stream" if entry.has("stream") else "streams")
-    auxiliary = entry.get("auxiliary", _auxiliary(owner), ())
-    _check_auxiliary_repeats(entry, owner, auxiliary)
+    _check_unique(entry, owner, streams, "output", _key_used(entry, "stream", "streams"))
+    auxiliary = _checked_auxiliary(entry, owner)
     parameters = entry.get("parameters", _parameters(owner), {})
-    poll_interval = entry.get("poll_interval", _timeout(f"poll_interval for {owner}"), 0.01)
-    read_timeout = entry.get("read_timeout", _timeout(f"read_timeout for {owner}"))
+    timings = _timings(entry, owner, poll_interval=0.01, read_timeout=None)
     if not entry.ok:
         return None
-    return SourceConfig(
-        name=name, kind=kind, streams=streams, auxiliary=auxiliary, parameters=parameters,
-        poll_interval=poll_interval, read_timeout=read_timeout, line=entry.line,
-    )
+    return SourceConfig(name=name, kind=kind, streams=streams, auxiliary=auxiliary,
+                        parameters=parameters, line=entry.line, **timings)
 
 
 def _parse_sink(entry: _Entry) -> SinkConfig | None:
-    entry.reject_unknown(SINK_KEYS, "sink entry")
-    name = _node_name(entry, "sink")
-    if name is _BAD:
+    start = _node_start(entry, "sink", SINK_KEYS)
+    if start is None:
         return None
-    owner = f"sink {name!r}"
-    kind = entry.get("kind", _text(f"kind for {owner}"), _REQUIRED)
+    name, owner, kind = start
     stream = entry.get("stream", _text(f"stream for {owner}"), _REQUIRED)
     raw_outputs = entry.raw.get("outputs")
     outputs: Any = ()
     if raw_outputs is not None and raw_outputs != []:
         outputs = entry.get("outputs", _stream_names(f"outputs for {owner}"))
-        if outputs is not _BAD and _repeats(outputs):
-            entry.fail(f"{owner} cannot declare the same output stream more than once", "outputs")
-    auxiliary = entry.get("auxiliary", _auxiliary(owner), ())
-    _check_auxiliary_repeats(entry, owner, auxiliary)
+        _check_unique(entry, owner, outputs, "output", "outputs")
+    auxiliary = _checked_auxiliary(entry, owner)
     parameters = entry.get("parameters", _parameters(owner), {})
-    read_timeout = entry.get("read_timeout", _timeout(f"read_timeout for {owner}"), 1.0)
-    pause_sleep = entry.get("pause_sleep", _timeout(f"pause_sleep for {owner}"), 0.01)
-    consume_timeout = entry.get("consume_timeout", _timeout(f"consume_timeout for {owner}"))
+    timings = _timings(entry, owner, read_timeout=1.0, pause_sleep=0.01, consume_timeout=None)
     if not entry.ok:
         return None
-    return SinkConfig(
-        name=name, kind=kind, stream=stream, outputs=outputs, auxiliary=auxiliary,
-        parameters=parameters, read_timeout=read_timeout, pause_sleep=pause_sleep,
-        consume_timeout=consume_timeout, line=entry.line,
-    )
+    return SinkConfig(name=name, kind=kind, stream=stream, outputs=outputs, auxiliary=auxiliary,
+                      parameters=parameters, line=entry.line, **timings)
 
 
 # -- the whole document ---------------------------------------------------------------------

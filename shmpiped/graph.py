@@ -11,6 +11,7 @@ Pure computation over a ``PipelineConfig``: no I/O, no registry.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 from .config import PipelineConfig
@@ -243,44 +244,46 @@ class PipelineGraph:
     def describe(self) -> str:
         """A human-readable summary, one line per stream and node."""
         config = self.config
-        lines = ["Pipeline Graph", "", "Shared Memory:"]
-        lines += [
-            f"- {spec.name} [{spec.storage} {spec.shape} {spec.dtype}]"
+        lines = ["Pipeline Graph"]
+        lines += _section("Shared Memory", [
+            f"{spec.name} [{spec.storage} {spec.shape} {spec.dtype}]"
             f" role={self.stream_role(spec.name)}"
             f" producers={_listed(self.producers(spec.name), 'external')}"
             f" consumers={_listed(self.consumers(spec.name), 'none')}"
             for spec in config.shared_memory
-        ] or ["- none"]
-        lines += ["", "Sources:"]
-        lines += [
-            f"- {source.name} ({source.kind}) stream={', '.join(source.streams)}"
+        ])
+        lines += _section("Sources", [
+            f"{source.name} ({source.kind}) stream={', '.join(source.streams)}"
             f" auxiliary={_bindings(source.auxiliary)}"
             f" downstream={_listed(self._kernel_consumers(source.stream), 'external')}"
             for source in config.sources
-        ] or ["- none"]
-        lines += ["", "Kernels:"]
-        lines += [
-            f"- {kernel.name} ({kernel.kind}) inputs={', '.join(kernel.inputs)}"
+        ])
+        lines += _section("Kernels", [
+            f"{kernel.name} ({kernel.kind}) inputs={', '.join(kernel.inputs)}"
             f" trigger_policy={kernel.trigger_policy} output={', '.join(kernel.outputs)}"
             f" auxiliary={_bindings(kernel.auxiliary)}"
             f" upstream={_listed(self.upstream_kernels(kernel.name), 'external')}"
             f" downstream={_listed(self.downstream_kernels(kernel.name), 'terminal')}"
             for kernel in config.kernels
-        ] or ["- none"]
-        lines += ["", "Sinks:"]
-        lines += [
-            f"- {sink.name} ({sink.kind}) stream={sink.stream}"
+        ])
+        lines += _section("Sinks", [
+            f"{sink.name} ({sink.kind}) stream={sink.stream}"
             + (f" outputs={', '.join(sink.outputs)}" if sink.outputs else "")
             + f" auxiliary={_bindings(sink.auxiliary)}"
             f" upstream={_listed(self._kernel_producers(sink.stream), 'external')}"
             for sink in config.sinks
-        ] or ["- none"]
+        ])
         if self._orphans:
-            lines += ["", "Orphaned Shared Memory:"] + [f"- {name}" for name in self._orphans]
+            lines += _section("Orphaned Shared Memory", self._orphans)
         errors = self.validation_errors()
         if errors:
-            lines += ["", "Validation Errors:"] + [f"- {error}" for error in errors]
+            lines += _section("Validation Errors", errors)
         return "\n".join(lines)
+
+
+def _section(title: str, rows: Iterable[str]) -> list[str]:
+    """A blank line, ``title:``, then ``- row`` per row (``- none`` for no rows)."""
+    return ["", f"{title}:"] + ([f"- {row}" for row in rows] or ["- none"])
 
 
 def _listed(names: tuple[str, ...], empty: str) -> str:

@@ -730,6 +730,9 @@ class PipelineManager:
                 "write_time": stream.write_time,
                 "role": graph.stream_role(name),
                 "owned": name in self.owned_streams,
+                "storage": stream.storage,
+                "gpu_device": stream.gpu_device,
+                "cpu_mirror": stream.cpu_mirror,
             }
         return result
 

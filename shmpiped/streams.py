@@ -57,7 +57,8 @@ def provision_stream(spec: SharedMemoryConfig, config: PipelineConfig, slots: in
             raise FileNotFoundError(config.locate(f"shared memory stream '{spec.name}' does not exist", spec))
         try:
             stream = Stream.create(spec.name, spec.shape, spec.dtype, namespace=namespace, slots=slots,
-                                   notify=notify, storage=spec.storage, gpu_device=spec.gpu_device)
+                                   notify=notify, storage=spec.storage, gpu_device=spec.gpu_device,
+                                   cpu_mirror=bool(spec.cpu_mirror))
             return stream, True
         except FileExistsError:
             continue  # created concurrently: look again
@@ -71,7 +72,7 @@ def _open_existing(name: str, namespace: str, resource: str) -> Stream | None:
         unlink_segment(resource)
         return None
     try:
-        return Stream.attach(name, namespace)
+        return Stream.attach(name, namespace, gpu_device=True)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -93,7 +94,10 @@ def stream_matches(stream: Stream, spec: SharedMemoryConfig) -> bool:
         return False
     if stream.storage != spec.storage:
         return False
-    return spec.storage != "gpu" or stream.gpu_device == spec.gpu_device
+    if spec.storage != "gpu":
+        return True
+    return stream.gpu_device == spec.gpu_device and (spec.cpu_mirror is None or
+                                                     stream.cpu_mirror == bool(spec.cpu_mirror))
 
 
 def remove_stale_segments(namespace: str) -> list[str]:
@@ -112,24 +116,23 @@ def remove_stale_segments(namespace: str) -> list[str]:
 
 
 def write_initial_value(stream: Stream, spec: SharedMemoryConfig, config: PipelineConfig) -> None:
-    """Publish the ``initial`` value of ``spec`` into ``stream``."""
+    """Publish the ``initial`` value of ``spec`` into ``stream`` (computed on the host)."""
     initial = spec.initial
-    view = stream.next_slot()
+    value = np.zeros(stream.shape, stream.dtype)
     where = lambda message: config.locate(message, spec)  # noqa: E731
     if initial.pattern == "constant":
-        view[...] = initial.value
+        value[...] = initial.value
     elif initial.pattern == "normal":
         if not np.issubdtype(stream.dtype, np.floating):
             raise ConfigValidationError(where(f"normal initializer for '{spec.name}' requires a floating-point dtype"))
         rng = np.random.default_rng(initial.seed)
-        view[...] = rng.standard_normal(stream.shape) * initial.std + initial.mean
+        value[...] = rng.standard_normal(stream.shape) * initial.std + initial.mean
     elif initial.pattern == "values":
         values = np.asarray(initial.values, dtype=stream.dtype)
         if values.shape != tuple(stream.shape):
             raise ConfigValidationError(where(
                 f"values initializer for '{spec.name}' has shape {values.shape}, expected {tuple(stream.shape)}"))
-        view[...] = values
+        value[...] = values
     elif initial.pattern == "identity":
-        view[...] = 0
-        np.fill_diagonal(view, initial.scale)
-    stream.publish()
+        np.fill_diagonal(value, initial.scale)
+    stream.write(value)

@@ -5,7 +5,9 @@
 1. the graph's multiple-producer errors (``PipelineGraph.validation_errors``);
 2. each kernel, source and sink checked by its class through the registry
    (kind, arity, storage, shapes, dtypes, parameters);
-3. the feedback-path rule: a source that declares
+3. GPU streams: each ``storage: gpu`` stream needs a usable device here
+   (CuPy installed, a driver, that device index);
+4. the feedback-path rule: a source that declares
    ``required_feedback_aliases`` must receive, through a sink output, a
    stream whose path back to the source's outputs runs only through kernels
    that propagate the frame id.
@@ -21,7 +23,7 @@ from typing import Any
 from shmpiped.errors import ConfigValidationError
 from shmpiped.graph import PipelineGraph
 
-__all__ = ["validate_pipeline_config", "raise_for_invalid", "feedback_path_errors"]
+__all__ = ["validate_pipeline_config", "raise_for_invalid", "gpu_stream_errors", "feedback_path_errors"]
 
 
 def validate_pipeline_config(config, registry=None) -> list[str]:
@@ -38,6 +40,7 @@ def validate_pipeline_config(config, registry=None) -> list[str]:
         errors.extend(_plugin_errors(config, source, "source", lambda e: registry.validate_source(e, streams)))
     for sink in config.sinks:
         errors.extend(_plugin_errors(config, sink, "sink", lambda e: registry.validate_sink(e, streams)))
+    errors.extend(gpu_stream_errors(config))
     errors.extend(feedback_path_errors(config, registry))
     return errors
 
@@ -63,6 +66,32 @@ def _plugin_errors(config, entry, role: str, validate) -> list[str]:
     else:
         return []
     return [config.locate(message, entry) for message in messages]
+
+
+def gpu_stream_errors(config) -> list[str]:
+    """Why the GPU streams cannot be built in this process (empty where a GPU is usable).
+
+    Without any usable GPU that is one error for all of them, at the first.
+    """
+    specs = [spec for spec in config.shared_memory if spec.storage == "gpu"]
+    if not specs:
+        return []
+    from shmpiped.shm.device import gpu_status  # probes CuPy only for pipelines that use a GPU
+
+    status = gpu_status()
+    if not status.usable:
+        names = ", ".join(repr(spec.name) for spec in specs)
+        have = "has" if len(specs) == 1 else "have"
+        return [config.locate(f"shared memory {names} {have} storage: gpu, but {status.reason}", specs[0])]
+    errors = []
+    for spec in specs:
+        try:
+            problem = status.check_device(spec.gpu_device)
+        except ValueError as exc:
+            problem = str(exc)
+        if problem:
+            errors.append(config.locate(f"shared memory {spec.name!r} has storage: gpu, but {problem}", spec))
+    return errors
 
 
 # --------------------------------------------------------------------------- feedback paths

@@ -30,7 +30,8 @@ Every display shows the stream's rate and the age of its newest frame
 runs it in its own process (``python -m shmpiped.viewer STREAM ...``), which
 is what ``shmpiped view`` and ``PipelineManager.open_viewer`` use.
 
-GPU streams are not viewable yet: they need the GPU support's host mirror.
+A GPU stream is read through its CPU mirror when it has one, else through its
+device memory (CUDA IPC), each frame copied to the host.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import numpy as np
 
 from .errors import SharedMemoryError, ShmPipelineError
 from .shm import layout
+from .shm.device import DeviceUnavailable
 from .shm.stream import Stream
 
 MODES = ("auto", "window", "terminal", "text", "png")
@@ -83,12 +85,13 @@ def attach_readonly(stream_name: str, namespace: str | None = None) -> Stream:
         ) from exc
     except (SharedMemoryError, PermissionError) as exc:
         raise ViewerError(f"cannot view stream {stream_name!r} in namespace {ns!r}: {exc}") from exc
-    if stream.storage == "gpu":
-        stream.close()
-        raise ViewerError(
-            f"GPU stream {stream_name!r}: viewers need cpu_mirror (GPU viewers arrive with GPU support)"
-        )
-    return stream
+    if stream.has_host_payload:
+        return stream  # a CPU stream, or a GPU stream read through its CPU mirror
+    stream.close()
+    try:  # a GPU stream without mirror: map its device memory (CUDA IPC) and copy frames to the host
+        return Stream.attach(stream_name, ns, readonly=True, gpu_device=True)
+    except (DeviceUnavailable, FileNotFoundError) as exc:
+        raise ViewerError(f"cannot view GPU stream {stream_name!r} (it has no cpu_mirror): {exc}") from exc
 
 
 # -- statistics --------------------------------------------------------------------
@@ -632,7 +635,7 @@ def _view_loop(stream: Stream, display, interval: float, frames: int | None, dur
             if count == 0:
                 display.show(header, None)
             else:
-                display.show(header, stream.read())
+                display.show(header, stream.read_host())
                 rendered += 1
                 if frames is not None and rendered >= frames:
                     return

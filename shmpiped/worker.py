@@ -9,7 +9,12 @@ records the frame in its telemetry record.  It allocates no arrays, logs
 nothing and sends no message per frame.
 
 Exec time is measured from just before the kernel call to just after the
-last output is published: kernel and publication, never waiting.
+last output is published: kernel and publication, never waiting.  A GPU
+kernel (``storage = "gpu"``) runs on the device of its primary output with
+its streams' device memory; its exec time is the device time of its work,
+from CUDA events recorded around the kernel call, and the loop waits for
+that work to finish before it checks the inputs were not lapped and
+publishes.
 
 A worker that fails writes its traceback into its telemetry record, sets its
 state to failed and exits 1.  It exits by itself (status 0) when the manager
@@ -26,7 +31,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from .shm import layout
+from .shm import device, layout
 from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
 
@@ -87,11 +92,18 @@ def run(spec: WorkerSpec) -> int:
         from .kernels.registry import default_registry
 
         registry = spec.registry or default_registry()
-        kernel = registry.create(spec.kernel, spec.shared_memory, config_base_dir=spec.config_base_dir)
         config = spec.kernel
+        timer = None
+        gpu_device = None
+        if getattr(registry.get(config.kind), "storage", "cpu") == "gpu":
+            gpu_device = spec.shared_memory[config.output].gpu_device
+            backend = device.backend()
+            backend.select(device.gpu_device_index(gpu_device))  # before the kernel allocates its buffers
+            timer = backend.timer()
+        kernel = registry.create(config, spec.shared_memory, config_base_dir=spec.config_base_dir)
 
         def attach(name: str) -> Stream:
-            stream = Stream.attach(name, spec.namespace)
+            stream = Stream.attach(name, spec.namespace, gpu_device=gpu_device)
             streams.append(stream)
             return stream
 
@@ -100,7 +112,7 @@ def run(spec: WorkerSpec) -> int:
         outputs = [attach(name) for name in config.outputs]
         for stream in triggers:
             stream.set_wait_strategy(spec.wait_strategy)
-        loop = HotLoop(config, kernel, triggers, auxiliaries, outputs, block, record, spec)
+        loop = HotLoop(config, kernel, triggers, auxiliaries, outputs, block, record, spec, timer)
         record.set_state(layout.WS_RUNNING)
         loop.run()
         record.set_state(layout.WS_STOPPED)
@@ -126,8 +138,9 @@ def run(spec: WorkerSpec) -> int:
 class HotLoop:
     """The per-frame loop of one kernel; everything it needs is prepared here."""
 
-    def __init__(self, config, kernel, triggers, auxiliaries, outputs, block, record, spec):
+    def __init__(self, config, kernel, triggers, auxiliaries, outputs, block, record, spec, timer=None):
         self.config = config
+        self.timer = timer  # device timer of a GPU kernel, None on the CPU
         self.kernel = kernel
         self.triggers = triggers
         self.auxiliaries = auxiliaries
@@ -197,6 +210,7 @@ class HotLoop:
         still_valid = trigger.still_valid
         monotonic_ns = time.monotonic_ns
         telemetry = self.spec.telemetry
+        timer = self.timer
         last = trigger.count
         next_parent_check = monotonic_ns() + PARENT_CHECK_NS
         if not has_aux:
@@ -227,10 +241,14 @@ class HotLoop:
             if has_aux:
                 self._read_auxiliaries()
             start = monotonic_ns()
+            if timer is not None:
+                timer.begin()
             if single_output:
                 kernel.compute_into(view_of(count), primary.next_slot(), aux_views)
             else:
                 kernel.compute_into_multiple(view_of(count), [o.next_slot() for o in outputs], aux_views)
+            if timer is not None:
+                device_ns = timer.end()  # the device finished reading the inputs
             last = count
             if not still_valid(count) or (has_aux and not self._auxiliaries_intact()):
                 record.increment(layout.REC_OVERRUNS)  # lapped while computing: drop the frame
@@ -243,7 +261,7 @@ class HotLoop:
                     out_count = stream.publish(frame_id, origin_ns)
             end = monotonic_ns()
             if telemetry:
-                record.record_frame(end - start, end, out_count, end - origin_ns)
+                record.record_frame(end - start if timer is None else device_ns, end, out_count, end - origin_ns)
 
     def _run_multi(self) -> None:
         triggers = self.triggers
@@ -255,6 +273,7 @@ class HotLoop:
         has_aux = bool(self.auxiliaries)
         monotonic_ns = time.monotonic_ns
         telemetry = self.spec.telemetry
+        timer = self.timer
         all_new = self.all_new
         n = len(triggers)
         last = [t.count for t in triggers]
@@ -311,11 +330,15 @@ class HotLoop:
             if has_aux:
                 self._read_auxiliaries()
             start = monotonic_ns()
+            if timer is not None:
+                timer.begin()
             trigger_input = tuple(views)
             if len(outputs) == 1:
                 kernel.compute_into(trigger_input, outputs[0].next_slot(), aux_views)
             else:
                 kernel.compute_into_multiple(trigger_input, [o.next_slot() for o in outputs], aux_views)
+            if timer is not None:
+                device_ns = timer.end()
             lapped = not all(triggers[i].still_valid(counts[i]) for i in range(n)) or (
                 has_aux and not self._auxiliaries_intact()
             )
@@ -328,7 +351,7 @@ class HotLoop:
                 out_count = stream.publish(frame_id, origin_ns)
             end = monotonic_ns()
             if telemetry:
-                record.record_frame(end - start, end, out_count, end - origin_ns)
+                record.record_frame(end - start if timer is None else device_ns, end, out_count, end - origin_ns)
 
     def _frames_match(self, target: int, lowest: int, counts: list, last: list) -> bool:
         """The matching_frame_id barrier (drop_older); False means skip this round."""

@@ -15,6 +15,38 @@ from shmpiped import PipelineManager
 from shmpiped.shm import layout
 
 
+def cuda_device_count() -> int:
+    """CUDA devices this machine really has (the emulation switch aside); 0 without CuPy or driver."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no CuPy, no driver, no device
+        return 0
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a real CUDA device; deselected on machines without one")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where a CUDA device exists (`python3 -m pytest -m gpu` runs just them)."""
+    if cuda_device_count() > 0:
+        return
+    device_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if device_tests:
+        config.hook.pytest_deselected(items=device_tests)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+        config._shmpiped_gpu_deselected = len(device_tests)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = getattr(config, "_shmpiped_gpu_deselected", 0)
+    if count:
+        terminalreporter.write_line(f"{count} GPU tests deselected: no CUDA device on this machine "
+                                    "(their emulated-device twins ran)")
+
+
 def segments_of(namespace: str) -> list[str]:
     block = layout.namespace_segment_name(namespace)
     return sorted(n for n in os.listdir(layout.DEV_SHM) if n == block or n.startswith(block + "."))
@@ -139,3 +171,18 @@ def stopper():
     yield controllers.append
     for controller in controllers:
         assert controller.stop(timeout=5.0)
+
+
+@pytest.fixture
+def emulated_gpu(monkeypatch):
+    """GPU storage on the emulated device (shmpiped.shm.device.EmulatedBackend): the stand-in for the
+    CUDA device this machine lacks. It runs every step above the CUDA calls for real (device memory
+    shared between processes through a handle in the segment, mirrors, workers, viewers); the
+    `gpu`-marked tests run the same code on a real device where there is one."""
+    from shmpiped.shm import device
+
+    monkeypatch.setenv(device.EMULATION_ENV, "1")
+    device.gpu_status.cache_clear()
+    yield device.backend()
+    monkeypatch.delenv(device.EMULATION_ENV)
+    device.gpu_status.cache_clear()

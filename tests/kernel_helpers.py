@@ -19,14 +19,16 @@ REGISTRY = default_registry(entry_points=[], include_gpu=False)
 
 
 def stream_specs(layouts: dict) -> dict:
-    """name -> (shape, dtype[, storage]) into name -> SharedMemoryConfig."""
+    """name -> (shape, dtype[, storage[, {gpu_device, cpu_mirror}]]) into name -> SharedMemoryConfig."""
     specs = {}
     for name, layout in layouts.items():
         shape, dtype, *rest = layout
         storage = rest[0] if rest else "cpu"
+        extra = rest[1] if len(rest) > 1 else {}
         specs[name] = SharedMemoryConfig(
             name, tuple(shape), dtype, storage=storage,
-            gpu_device="cuda:0" if storage == "gpu" else None,
+            gpu_device=(extra.get("gpu_device", "cuda:0") if storage == "gpu" else None),
+            cpu_mirror=extra.get("cpu_mirror"),
         )
     return specs
 

@@ -22,6 +22,7 @@ from shmpiped.config import (
     SinkConfig,
     SourceConfig,
     SynchronizationConfig,
+    gpu_device_index,
 )
 from shmpiped.errors import ConfigValidationError, ShmPipelineError
 
@@ -651,6 +652,30 @@ def test_errors_are_config_validation_errors():
     ({"gpu_device": "cuda:0"}, "CPU shared memory 'a' cannot declare gpu_device"),
     ({"storage": "gpu", "gpu_device": ""}, "gpu_device for shared memory 'a' must be a "
                                            "non-empty string"),
+    ({"storage": "gpu", "gpu_device": 0}, "gpu_device for shared memory 'a' must be a "
+                                          "non-empty string"),
+    ({"storage": "gpu", "gpu_device": "gpu0"}, "gpu_device for shared memory 'a' must be 'cuda' "
+                                               "or 'cuda:<index>', got 'gpu0'"),
+    ({"storage": "gpu", "gpu_device": "cuda:"}, "gpu_device for shared memory 'a' must be "
+                                                "'cuda' or 'cuda:<index>', got 'cuda:'"),
+    ({"storage": "gpu", "gpu_device": "cuda:-1"}, "gpu_device for shared memory 'a' must be "
+                                                  "'cuda' or 'cuda:<index>', got 'cuda:-1'"),
+    ({"storage": "gpu", "gpu_device": "cuda:x"}, "gpu_device for shared memory 'a' must be "
+                                                 "'cuda' or 'cuda:<index>', got 'cuda:x'"),
+    ({"storage": "gpu", "gpu_device": "cuda0"}, "gpu_device for shared memory 'a' must be "
+                                                "'cuda' or 'cuda:<index>', got 'cuda0'"),
+    ({"storage": "gpu", "gpu_device": "cuda:0", "dtype": "datetime64[ns]"},
+     "unsupported GPU dtype 'datetime64[ns]' for shared memory 'a'"),
+    ({"storage": "gpu", "gpu_device": "cuda:0", "dtype": "m8[s]"},
+     "unsupported GPU dtype 'timedelta64[s]' for shared memory 'a'"),
+    ({"storage": "gpu", "gpu_device": "cuda:0", "dtype": "object"},
+     "unsupported GPU dtype 'object' for shared memory 'a'"),
+    ({"storage": "gpu", "gpu_device": "cuda:0", "dtype": "V8"},
+     "unsupported GPU dtype '|V8' for shared memory 'a'"),
+    ({"storage": "gpu", "gpu_device": "cuda:0", "dtype": "f4,i4"},  # structured
+     f"unsupported GPU dtype {str(np.dtype('f4,i4'))!r} for shared memory 'a'"),
+    ({"storage": "gpu", "gpu_device": "cuda:0", "dtype": "bad"},
+     "invalid dtype for shared memory 'a': 'bad'"),
     ({"cpu_mirror": "yes"}, "cpu_mirror for shared memory 'a' must be boolean"),
     ({"cpu_mirror": 1}, "cpu_mirror for shared memory 'a' must be boolean"),
     ({"notify": 0}, "notify for shared memory 'a' must be boolean"),
@@ -672,6 +697,70 @@ def test_stream_entry_must_be_a_mapping():
     data = minimal()
     data["shared_memory"].append("c")
     assert only_error(data) == "shared_memory entry must be a mapping"
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("cuda", "cuda"), ("cuda:0", "cuda:0"), ("cuda:1", "cuda:1"), ("cuda:12", "cuda:12"),
+    (" CUDA:0 ", "cuda:0"), ("Cuda", "cuda"),
+])
+def test_gpu_device_forms_accepted(given, kept):
+    spec = PipelineConfig.from_dict(with_stream(storage="gpu", gpu_device=given)).stream("a")
+    assert spec.gpu_device == kept
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int8", "uint16", "float16", "float32", "complex64"])
+def test_gpu_stream_accepts_numeric_and_bool_dtypes(dtype):
+    data = with_stream(storage="gpu", gpu_device="cuda:0", dtype=dtype)
+    assert PipelineConfig.from_dict(data).stream("a").dtype == dtype
+
+
+@pytest.mark.parametrize("text, index", [
+    ("cuda", 0), ("cuda:0", 0), ("cuda:1", 1), ("cuda:7", 7), ("CUDA:3", 3), (" cuda:2 ", 2),
+])
+def test_gpu_device_index(text, index):
+    assert gpu_device_index(text) == index
+
+
+@pytest.mark.parametrize("text", ["", "gpu0", "cuda:", "cuda:-1", "cuda:1.5", "cuda0", "cpu",
+                                  "cuda:0:1", "hip:0"])
+def test_gpu_device_index_rejects_other_text(text):
+    with pytest.raises(ValueError, match=r"gpu_device must be 'cuda' or 'cuda:<index>'"):
+        gpu_device_index(text)
+
+
+def test_cpu_stream_keeps_accepting_cpu_mirror():
+    """shmpipeline files may set cpu_mirror on CPU streams; it is meaningless there, not an error."""
+    spec = PipelineConfig.from_dict(with_stream(cpu_mirror=True)).stream("a")
+    assert spec.storage == "cpu" and spec.cpu_mirror is True
+
+
+def test_gpu_errors_point_at_their_field(tmp_path):
+    path = write(tmp_path, """
+        shared_memory:
+          - name: a
+            shape: [4]
+            dtype: float32
+            storage: gpu
+            gpu_device: gpu0
+          - name: b
+            shape: [4]
+            dtype: datetime64[ns]
+            storage: gpu
+            gpu_device: cuda:1
+          - name: c
+            shape: [4]
+            dtype: float32
+            gpu_device: cuda:0
+        sinks: [{name: x, kind: viewer, stream: a}]
+    """)
+    assert yaml_errors(path) == (
+        "gpu_device for shared memory 'a' must be 'cuda' or 'cuda:<index>', got 'gpu0'"
+        + at(path, line_of(path, "gpu_device: gpu0")),
+        "unsupported GPU dtype 'datetime64[ns]' for shared memory 'b'"
+        + at(path, line_of(path, "dtype: datetime64[ns]")),
+        "CPU shared memory 'c' cannot declare gpu_device"
+        + at(path, line_of(path, "gpu_device: cuda:0")),
+    )
 
 
 def test_gpu_stream_accepts_cpu_mirror_null():
@@ -750,7 +839,8 @@ def test_initial_checks_skip_when_shape_or_dtype_is_broken():
 
 def test_every_field_error_of_one_stream_is_reported():
     errors = errors_of(with_stream(shape=[], dtype="bad", storage="tpu", mode="x", notify=1))
-    assert [e.split(" ")[0] for e in errors] == ["shape", "invalid", "storage", "notify", "mode"]
+    # storage is read before dtype: the dtype rule depends on it
+    assert [e.split(" ")[0] for e in errors] == ["shape", "storage", "invalid", "notify", "mode"]
 
 
 # ----------------------------------------------------------------------------- kernels

@@ -231,7 +231,8 @@ class TestMessages:
 
     def test_base_checks_come_first(self):
         assert error("input", {"x": ((4,), "float32", "gpu")}) == (
-            "kernel 'k' of kind 'cpu.custom_operation' requires cpu shared memory for 'x'")
+            "kernel 'k' of kind 'cpu.custom_operation' requires cpu shared memory for 'x'"
+            " (give it `cpu_mirror: true` to read it from the CPU, or use a gpu.* kind)")
 
 
 def test_no_array_is_allocated_per_frame_with_casts_and_broadcasts():

@@ -12,7 +12,8 @@ import warnings
 import numpy as np
 import pytest
 
-from shmpiped.kernels import Kernel, KernelContext
+from shmpiped.errors import ConfigValidationError
+from shmpiped.kernels import Kernel, KernelContext, default_registry
 from shmpiped.kernels.centroids import SpotCentroidPlan, TileCentroidPlan
 from tests.kernel_helpers import (
     ALLOCATION_LIMIT,
@@ -25,6 +26,7 @@ from tests.kernel_helpers import (
 )
 
 rng = np.random.default_rng(1234)
+READ_GPU_HINT = " (give it `cpu_mirror: true` to read it from the CPU, or use a gpu.* kind)"
 
 
 def random(shape, dtype="float64", low=-5.0, high=5.0):
@@ -65,7 +67,8 @@ class TestBaseChecks:
         layouts = {"x": ((3,), "float32"), "y": ((3,), "float32")}
         layouts[gpu_stream] = ((3,), "float32", "gpu")
         message = validation_error("cpu.copy", layouts)
-        assert message == f"kernel 'k' of kind 'cpu.copy' requires cpu shared memory for '{gpu_stream}'"
+        hint = READ_GPU_HINT if gpu_stream == "x" else ""
+        assert message == f"kernel 'k' of kind 'cpu.copy' requires cpu shared memory for '{gpu_stream}'{hint}"
 
     def test_storage_of_auxiliary(self):
         message = validation_error(
@@ -73,7 +76,21 @@ class TestBaseChecks:
             {"x": ((3,), "float32"), "a": ((3,), "float32", "gpu"), "y": ((3,), "float32")},
             auxiliary=("a",),
         )
-        assert message == "kernel 'k' of kind 'cpu.elementwise_add' requires cpu shared memory for 'a'"
+        assert message == "kernel 'k' of kind 'cpu.elementwise_add' requires cpu shared memory for 'a'" + READ_GPU_HINT
+
+    def test_a_cpu_kernel_reads_a_gpu_stream_through_its_cpu_mirror(self):
+        mirrored = ((3,), "float32", "gpu", {"cpu_mirror": True})
+        REGISTRY.validate(kernel_config("cpu.copy"), stream_specs({"x": mirrored, "y": ((3,), "float32")}))
+        message = validation_error("cpu.copy", {"x": ((3,), "float32"), "y": mirrored})
+        assert message == "kernel 'k' of kind 'cpu.copy' requires cpu shared memory for 'y'"  # never writes one
+
+    def test_a_gpu_kernel_keeps_its_streams_on_one_device(self):
+        registry = default_registry(entry_points=[], include_gpu=True)
+        layouts = {"x": ((3,), "float32", "gpu", {"gpu_device": "cuda:1"}), "y": ((3,), "float32", "gpu")}
+        with pytest.raises(ConfigValidationError) as caught:
+            registry.validate(kernel_config("gpu.copy"), stream_specs(layouts))
+        assert str(caught.value) == ("kernel 'k' runs on cuda:0 (its output's gpu_device) but 'x' lives on "
+                                     "cuda:1: a GPU kernel's streams share one device")
 
     def test_compute_into_multiple_forwards_the_first_output(self):
         kernel = build_kernel("cpu.copy", {"x": ((3,), "float32"), "y": ((3,), "float32")})

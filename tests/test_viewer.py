@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 import pytest
 
-from shmpiped.shm import Stream, layout
+from shmpiped.shm import Stream, device, layout
 from shmpiped.viewer import (
     SHADE_CHARS,
     SPARK_CHARS,
@@ -350,23 +350,38 @@ def test_missing_stream_is_a_clear_error_with_status_1(namespace):
     assert not segments_of(namespace)
 
 
-def test_gpu_stream_is_a_clear_error(streams, namespace):
-    streams("dm", (4,), "float32", storage="gpu", gpu_device="cuda:0")  # just a header flag here
-    message = "GPU stream 'dm': viewers need cpu_mirror (GPU viewers arrive with GPU support)"
-    with pytest.raises(ViewerError) as caught:
-        attach_readonly("dm", namespace)
-    assert str(caught.value) == message
-    err = io.StringIO()
-    assert run_viewer("dm", namespace, mode="text", out=io.StringIO(), err=err) == 1
-    assert message in err.getvalue()
-    with pytest.raises(ViewerError, match="cpu_mirror"):
-        ViewerProcess("dm", namespace)
-    viewer = ViewerProcess("dm", namespace, mode="text", check=False,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert viewer.wait(20) == 1
-    assert message in viewer.process.stderr.read().decode()
-    viewer.process.stdout.close()
-    viewer.process.stderr.close()
+def test_gpu_stream_without_mirror_is_viewed_through_its_device_memory(emulated_gpu, streams, namespace):
+    dm = streams("dm", (2, 3), "float32", storage="gpu", gpu_device="cuda:0")
+    dm.write(np.arange(6).reshape(2, 3))
+    viewer_stream = attach_readonly("dm", namespace)
+    try:
+        assert type(viewer_stream).__name__ == "DeviceStream"
+        assert viewer_stream.read_host().tolist() == [[0, 1, 2], [3, 4, 5]]
+    finally:
+        viewer_stream.close()
+    out = io.StringIO()
+    assert run_viewer("dm", namespace, mode="text", frames=1, duration=10, out=out, err=io.StringIO()) == 0
+    assert "5" in out.getvalue()
+
+
+def test_gpu_stream_with_mirror_is_viewed_through_the_mirror(emulated_gpu, streams, namespace):
+    dm = streams("dm", (3,), "float32", storage="gpu", gpu_device="cuda:0", cpu_mirror=True)
+    dm.write([1.5, 2.5, 3.5])
+    viewer_stream = attach_readonly("dm", namespace)
+    try:
+        assert type(viewer_stream) is Stream and viewer_stream.read().tolist() == [1.5, 2.5, 3.5]
+    finally:
+        viewer_stream.close()
+
+
+def test_gpu_stream_viewer_without_a_usable_gpu_says_what_is_missing(emulated_gpu, streams, namespace):
+    streams("dm", (4,), "float32", storage="gpu", gpu_device="cuda:0")
+    env = {key: value for key, value in os.environ.items() if key != device.EMULATION_ENV}
+    viewer = subprocess.run([sys.executable, "-m", "shmpiped.viewer", "dm", "--namespace", namespace,
+                             "--mode", "text", "--frames", "1"], env=env, capture_output=True, text=True, timeout=30)
+    assert viewer.returncode == 1
+    assert "cannot view GPU stream 'dm' (it has no cpu_mirror)" in viewer.stderr
+    assert device.gpu_status.__wrapped__().reason.split(" (")[0] in viewer.stderr
 
 
 # -- viewer processes -----------------------------------------------------------------------------

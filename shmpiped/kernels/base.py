@@ -38,11 +38,15 @@ WAIT_SLICE_S = 0.05
 
 
 def array_namespace(storage: str) -> ModuleType:
-    """Return the array module that computes on ``storage`` ("cpu" or "gpu")."""
-    if storage == "gpu":
-        import cupy  # imported only for GPU kernels; absent on CPU-only hosts
+    """Return the array module that computes on ``storage`` ("cpu" or "gpu").
 
-        return cupy
+    For ``gpu`` that is the device backend's: cupy, or numpy under
+    ``SHMPIPED_GPU_EMULATION`` (see ``shmpiped.shm.device``).
+    """
+    if storage == "gpu":
+        from shmpiped.shm import device  # imported only for GPU kernels
+
+        return device.backend().xp
     return numpy
 
 
@@ -123,12 +127,32 @@ class Kernel:
                 f"kernel kind {cls.kind!r} expects {cls.output_arity} output stream(s), "
                 f"got {len(outputs)}"
             )
-        for name in (*inputs, *(b.name for b in config.auxiliary), *outputs):
-            if shared_memory[name].storage != cls.storage:
-                raise ConfigValidationError(
-                    f"kernel {config.name!r} of kind {cls.kind!r} requires "
-                    f"{cls.storage} shared memory for {name!r}"
-                )
+        cls._check_storage(config, shared_memory, (*inputs, *(b.name for b in config.auxiliary)), outputs)
+
+    @classmethod
+    def _check_storage(cls, config, shared_memory: Mapping[str, Any], inputs: tuple, outputs: tuple) -> None:
+        """Every stream on the kernel's storage; a GPU kernel's on one device.
+
+        A CPU kernel may also read a GPU stream that keeps a CPU mirror.
+        """
+        device = shared_memory[outputs[0]].gpu_device if outputs else None
+        for name in (*inputs, *outputs):
+            spec = shared_memory[name]
+            if spec.storage == cls.storage:
+                if cls.storage == "gpu" and spec.gpu_device != device:
+                    raise ConfigValidationError(
+                        f"kernel {config.name!r} runs on {device} (its output's gpu_device) but "
+                        f"{name!r} lives on {spec.gpu_device}: a GPU kernel's streams share one device"
+                    )
+                continue
+            if cls.storage == "cpu" and name in inputs and spec.cpu_mirror:
+                continue  # read through the host mirror
+            hint = (" (give it `cpu_mirror: true` to read it from the CPU, or use a gpu.* kind)"
+                    if cls.storage == "cpu" and name in inputs else "")
+            raise ConfigValidationError(
+                f"kernel {config.name!r} of kind {cls.kind!r} requires "
+                f"{cls.storage} shared memory for {name!r}{hint}"
+            )
 
     def __init__(self, context: KernelContext) -> None:
         self.context = context

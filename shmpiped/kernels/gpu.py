@@ -1,14 +1,13 @@
 """The ``gpu.*`` kinds: the CPU kernels with ``storage = "gpu"``.
 
 Every kernel computes through ``context.xp``, which the registry sets to cupy
-for GPU storage, so each twin only renames the kind. They are registered only
-when cupy imports and sees a CUDA device (``gpu_kernels_usable``). There is no
-``gpu.reduce`` (spec 10.3). Not exercised on a GPU yet.
+for GPU storage, so each twin only renames the kind. The default registry
+registers them on first use, and only where a GPU is usable
+(``shmpiped.shm.device.gpu_status``); elsewhere asking for one says what is
+missing. There is no ``gpu.reduce`` (spec 10.3).
 """
 
 from __future__ import annotations
-
-import functools
 
 from shmpiped.kernels import centroids, custom_operation, diagnostics, elementwise, layout, linear
 
@@ -101,13 +100,3 @@ GPU_KERNELS = (
     GpuRaiseErrorKernel,
 )
 
-
-@functools.lru_cache(maxsize=1)
-def gpu_kernels_usable() -> bool:
-    """True when cupy imports and reports at least one CUDA device (checked once per process)."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no cupy, no driver, no device: the gpu kinds stay unregistered
-        return False

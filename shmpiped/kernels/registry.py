@@ -153,6 +153,26 @@ class KernelRegistry:
         self._kernels = _KindTable("kernel", Kernel, kernels, lazy_kernels)
         self._sources = _KindTable("source", Source, sources, lazy_sources)
         self._sinks = _KindTable("sink", Sink, sinks, lazy_sinks)
+        #: GPU kinds registered on first use, if this process can use a GPU (see ``offer_gpu_kernels``).
+        self._gpu_offer: dict[str, type] = {}
+
+    def offer_gpu_kernels(self, kernels: Iterable[type]) -> None:
+        """Register these ``gpu.*`` classes when first asked for, only if GPU storage works here.
+
+        Otherwise asking for one raises a ConfigValidationError saying what is
+        missing (CuPy, a driver, a device) instead of "unknown kind".  Probing
+        is deferred so a CPU-only pipeline never imports CuPy.
+        """
+        self._gpu_offer.update((cls.kind, cls) for cls in kernels)
+
+    def _gpu_kernel(self, kind: str) -> None:
+        """Register offered GPU kind ``kind``, or raise why it cannot run here."""
+        from shmpiped.shm.device import gpu_status
+
+        status = gpu_status()
+        if not status.usable:
+            raise ConfigValidationError(f"kernel kind {kind!r} needs a usable GPU, but {status.reason}")
+        self._kernels.register(self._gpu_offer.pop(kind))
 
     def _table(self, role: str) -> _KindTable:
         return {"kernel": self._kernels, "source": self._sources, "sink": self._sinks}[role]
@@ -161,6 +181,8 @@ class KernelRegistry:
 
     def get(self, kind: str) -> type:
         """The kernel class of ``kind``; legacy kinds warn with DeprecationWarning."""
+        if kind in self._gpu_offer and kind not in self._kernels:
+            self._gpu_kernel(kind)
         cls = self._kernels.get(kind)
         if getattr(cls, "deprecated", False):
             warnings.warn(
@@ -177,6 +199,12 @@ class KernelRegistry:
         return self._sinks.get(kind)
 
     def kinds(self) -> tuple[str, ...]:
+        """Every kernel kind this registry can build here (offered GPU kinds only where usable)."""
+        if self._gpu_offer:
+            from shmpiped.shm.device import gpu_status
+
+            if gpu_status().usable:
+                return tuple(sorted(set(self._kernels.kinds()) | set(self._gpu_offer)))
         return self._kernels.kinds()
 
     def source_kinds(self) -> tuple[str, ...]:
@@ -202,6 +230,7 @@ class KernelRegistry:
         registry = KernelRegistry()
         registry._kernels, registry._sources, registry._sinks = (
             self._kernels.copy(), self._sources.copy(), self._sinks.copy())
+        registry._gpu_offer = dict(self._gpu_offer)
         for cls in kernels:
             registry.register(cls, replace)
         for cls in sources:
@@ -293,15 +322,17 @@ def default_registry(entry_points: Iterable | None = None, include_gpu: bool | N
 
     ``entry_points`` defaults to ``installed_entry_points()``; pass objects with
     ``name``, ``group`` and ``load()`` (e.g. ``importlib.metadata.EntryPoint``)
-    to choose them. ``include_gpu`` defaults to whether cupy sees a device.
-    Built-in kinds win over plugins, and earlier entry points over later ones.
+    to choose them. The ``gpu.*`` kinds are offered (registered on first use
+    where a GPU is usable); ``include_gpu=True`` registers them at once,
+    ``False`` leaves them out. Built-in kinds win over plugins, and earlier
+    entry points over later ones.
     """
-    from shmpiped.kernels.gpu import GPU_KERNELS, gpu_kernels_usable
+    from shmpiped.kernels.gpu import GPU_KERNELS
 
-    if include_gpu is None:
-        include_gpu = gpu_kernels_usable()
     kernels = CPU_KERNELS + (GPU_KERNELS if include_gpu else ())
     registry = KernelRegistry(kernels=kernels, lazy_sources=BUILTIN_LAZY_SOURCES, sinks=BUILTIN_SINKS)
+    if include_gpu is None:
+        registry.offer_gpu_kernels(GPU_KERNELS)
     for entry_point in installed_entry_points() if entry_points is None else entry_points:
         role = ENTRY_POINT_GROUPS.get(entry_point.group)
         if role is not None:

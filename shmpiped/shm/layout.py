@@ -22,7 +22,7 @@ DEV_SHM = "/dev/shm"
 PREFIX = "shmpiped"
 DEFAULT_NAMESPACE = "default"
 MAGIC = b"SHMPIPED"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: GPU streams keep their payload on the device
 HEADER_SIZE = 4096
 DEFAULT_SLOTS = 4
 MIN_SLOTS = 3
@@ -62,6 +62,13 @@ H_NOTIFY = (640, "I")
 H_RECORD_SIZE = (648, "Q")   # namespace block only
 H_RECORD_CAPACITY = (656, "Q")
 H_GPU_DEVICE = (664, "32s")  # stream only, "" for cpu
+# GPU streams only: the payload ring lives in one device allocation shared through an IPC handle;
+# the host slots hold the CPU mirror's payload when there is one, else no payload at all.
+H_CPU_MIRROR = (696, "I")
+H_DEVICE_SLOT_STRIDE = (704, "Q")
+H_DEVICE_NBYTES = (712, "Q")
+H_DEVICE_BACKEND = (720, "16s")  # "cuda" or "emulated"
+H_DEVICE_HANDLE = (768, "64s")   # cudaIpcMemHandle_t (or the emulated backend's handle)
 
 # Hot words, each on its own cache line.
 STREAM_SEQ_OFFSET = 1024
@@ -191,3 +198,8 @@ def parse_segment_name(filename: str) -> tuple[str, str | None] | None:
 
 def slot_stride(payload_nbytes: int) -> int:
     return SLOT_HEADER_SIZE + ((max(payload_nbytes, 1) + 63) // 64) * 64
+
+
+def device_slot_stride(payload_nbytes: int) -> int:
+    """Distance between device slots: 256-byte aligned, as CUDA allocations are."""
+    return ((max(payload_nbytes, 1) + 255) // 256) * 256

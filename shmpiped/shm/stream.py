@@ -17,6 +17,16 @@ lapped the reader meanwhile (then the data may be torn: count an overrun and
 drop it).  ``read()`` and ``read_new()`` return consistent copies.
 ``wait(after, timeout)`` parks the caller on a futex (or spins, per the wait
 strategy) until the count passes ``after``.
+
+GPU streams (``storage="gpu"``) keep the same host segment for the count and
+the slot headers, while the payload ring is one device allocation of the
+stream's creator, shared through an IPC handle in the header (see
+``device``).  Attached with ``gpu_device`` a GPU stream is a
+:class:`DeviceStream` whose slot views are device arrays; ``publish`` first
+waits for the device work on the slot (and queues the CPU-mirror copy), so a
+reader never sees a half-written slot.  Attached without, it is a plain
+``Stream`` over its CPU mirror, read like any CPU stream; without a mirror
+its payload cannot be read from the host.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import time
 
 import numpy as np
 
-from . import _sync, layout
+from . import _sync, device, layout
 from .segment import OwnerIdentity, Segment, lock_holder_alive, shm_path
 
 WAIT_STRATEGIES = ("futex", "hybrid", "spin")
@@ -47,6 +57,7 @@ class Stream:
         self.dtype = np.dtype(segment.header_str(layout.H_DTYPE))
         self.storage = layout.STORAGE_NAMES.get(segment.header(layout.H_STORAGE), "cpu")
         self.gpu_device = segment.header_str(layout.H_GPU_DEVICE) or None
+        self.cpu_mirror = bool(segment.header(layout.H_CPU_MIRROR))
         self.notify = bool(segment.header(layout.H_NOTIFY))
         self.nbytes = segment.header(layout.H_PAYLOAD_NBYTES)
         self._stride = segment.header(layout.H_SLOT_STRIDE)
@@ -61,9 +72,10 @@ class Stream:
         for i in range(self.nslots):
             start = layout.HEADER_SIZE + i * self._stride
             payload = buf[start + layout.SLOT_HEADER_SIZE : start + layout.SLOT_HEADER_SIZE + self.nbytes]
-            views.append(payload.view(self.dtype).reshape(self.shape))
+            if self.has_host_payload:
+                views.append(payload.view(self.dtype).reshape(self.shape))
             headers.append(buf[start : start + layout.SLOT_HEADER_SIZE].view(np.uint64))
-        self.slot_views = tuple(views)
+        self.slot_views = tuple(views) if self.has_host_payload else _NoHostPayload(self)
         self._slot_headers = tuple(headers)
         self.readonly = not segment.writable
         self.last_read_count = 0
@@ -82,8 +94,13 @@ class Stream:
         notify: bool = True,
         storage: str = "cpu",
         gpu_device: str | None = None,
+        cpu_mirror: bool = False,
     ) -> "Stream":
-        """Create the stream; FileExistsError if the name is taken."""
+        """Create the stream; FileExistsError if the name is taken.
+
+        A GPU stream's device memory is allocated here and belongs to this
+        process: the stream is returned as a :class:`DeviceStream`.
+        """
         shape = tuple(int(d) for d in shape)
         dtype = np.dtype(dtype)
         if slots < layout.MIN_SLOTS:
@@ -92,8 +109,15 @@ class Stream:
             raise ValueError(f"stream {name!r} has {len(shape)} dimensions, at most {layout.MAX_DIMS}")
         namespace = namespace or layout.DEFAULT_NAMESPACE
         nbytes = int(math.prod(shape)) * dtype.itemsize
-        stride = layout.slot_stride(nbytes)
+        on_device = storage == "gpu"
+        cpu_mirror = bool(cpu_mirror) and on_device
+        stride = layout.slot_stride(nbytes if cpu_mirror or not on_device else 0)
         size = layout.HEADER_SIZE + slots * stride
+        allocation = None
+        if on_device:
+            backend = device.backend()
+            device_stride = layout.device_slot_stride(nbytes)
+            allocation = backend.allocate(device.gpu_device_index(gpu_device), slots * device_stride)
 
         def initialise(buf):
             buf[:8] = layout.MAGIC
@@ -112,25 +136,58 @@ class Stream:
             layout.pack_str(buf, layout.H_NAME, name)
             layout.pack(buf, layout.H_NOTIFY, int(bool(notify)))
             layout.pack_str(buf, layout.H_GPU_DEVICE, gpu_device or "")
+            if on_device:
+                layout.pack(buf, layout.H_CPU_MIRROR, int(cpu_mirror))
+                layout.pack(buf, layout.H_DEVICE_SLOT_STRIDE, device_stride)
+                layout.pack(buf, layout.H_DEVICE_NBYTES, allocation.nbytes)
+                layout.pack_str(buf, layout.H_DEVICE_BACKEND, backend.name)
+                layout.pack(buf, layout.H_DEVICE_HANDLE, allocation.handle)
             OwnerIdentity.of_this_process().write(buf)
 
-        segment = Segment.create(layout.stream_segment_name(namespace, name), size, initialise)
-        return cls(segment, name, namespace)
+        try:
+            segment = Segment.create(layout.stream_segment_name(namespace, name), size, initialise)
+        except BaseException:
+            if allocation is not None:
+                allocation.release()
+            raise
+        if not on_device:
+            return cls(segment, name, namespace)
+        _LocalAllocations.adopt(segment, allocation)
+        return DeviceStream(segment, name, namespace, backend, allocation)
 
     @classmethod
-    def attach(cls, name: str, namespace: str | None = None, *, readonly: bool = False) -> "Stream":
-        """Open an existing stream by its logical name; FileNotFoundError if absent."""
+    def attach(cls, name: str, namespace: str | None = None, *, readonly: bool = False,
+               gpu_device: str | bool | None = None) -> "Stream":
+        """Open an existing stream by its logical name; FileNotFoundError if absent.
+
+        ``gpu_device`` (its device name, or True for "wherever it lives")
+        attaches a GPU stream's device memory and returns a
+        :class:`DeviceStream`; without it a GPU stream is read through its
+        CPU mirror.  It is ignored for CPU streams.
+        """
         namespace = namespace or layout.DEFAULT_NAMESPACE
         segment = Segment.open(layout.stream_segment_name(namespace, name), writable=not readonly)
         if segment.header(layout.H_KIND) != layout.KIND_STREAM:
             segment.close()
             raise FileNotFoundError(f"{segment.path} is not a stream segment")
-        return cls(segment, name, namespace)
+        if not gpu_device or segment.header(layout.H_STORAGE) != layout.STORAGE_CODES["gpu"]:
+            return cls(segment, name, namespace)
+        try:
+            backend, allocation = _attach_device_memory(segment, name, gpu_device)
+        except BaseException:
+            segment.close()
+            raise
+        return DeviceStream(segment, name, namespace, backend, allocation)
 
     # -- state --------------------------------------------------------------------
     @property
     def resource_name(self) -> str:
         return self.segment.name
+
+    @property
+    def has_host_payload(self) -> bool:
+        """CPU streams, and GPU streams with a CPU mirror, can be read from host memory."""
+        return self.storage != "gpu" or self.cpu_mirror
 
     @property
     def count(self) -> int:
@@ -209,6 +266,8 @@ class Stream:
 
     def read(self) -> np.ndarray:
         """A consistent private copy of the newest value (zeros before any write)."""
+        if not self.has_host_payload:
+            self.slot_views.refuse()
         while True:
             count, view = self.latest()
             if view is None:
@@ -217,6 +276,10 @@ class Stream:
             if self.still_valid(count):
                 self.last_read_count = count
                 return copy
+
+    def read_host(self) -> np.ndarray:
+        """``read()`` as a NumPy array, wherever the stream lives."""
+        return self.read()
 
     def read_new(self, timeout: float | None = None) -> np.ndarray:
         """Wait for a publication newer than the last one read here, then read it.
@@ -292,6 +355,146 @@ class Stream:
                 f"dtype={self.dtype.name}, count={self.count if not self.closed else 'closed'})")
 
 
+class _NoHostPayload(tuple):
+    """The slot views of a GPU stream without CPU mirror attached from the host: touching one
+    says what to do instead."""
+
+    def __new__(cls, stream: Stream):
+        instance = super().__new__(cls)
+        instance.stream_name = stream.name
+        instance.gpu_device = stream.gpu_device
+        return instance
+
+    def __getitem__(self, index):
+        self.refuse()
+
+    def refuse(self):
+        raise RuntimeError(
+            f"GPU stream {self.stream_name!r} has no cpu_mirror: host readers need `cpu_mirror: true`, "
+            f"or attach it on its device (gpu_device={self.gpu_device!r})")
+
+
+class DeviceStream(Stream):
+    """A GPU stream attached with device access: ``slot_views`` are device arrays.
+
+    ``host_views`` are the CPU mirror's slots (None without a mirror).  The
+    hot-path contract is the CPU stream's: ``next_slot()``, compute into it,
+    ``publish()``.
+    """
+
+    def __init__(self, segment: Segment, stream_name: str, namespace: str, backend, allocation):
+        super().__init__(segment, stream_name, namespace)
+        self.backend = backend
+        self.xp = backend.xp
+        self._allocation = allocation
+        self.host_views = self.slot_views if self.cpu_mirror else None
+        stride = segment.header(layout.H_DEVICE_SLOT_STRIDE)
+        self.slot_views = tuple(allocation.view(i * stride, self.shape, self.dtype) for i in range(self.nslots))
+        self._synchronize = backend.synchronize
+        self._mirror_copies = None
+        self._unpin = None
+        if self.cpu_mirror and not self.readonly:
+            mirror = segment.bytes[layout.HEADER_SIZE:]
+            self._unpin = backend.pin(mirror)
+            self._mirror_copies = tuple(
+                backend.copier_to_host(host, dev) for host, dev in zip(self.host_views, self.slot_views))
+
+    def publish(self, frame_id: int = 0, origin_ns: int = 0) -> int:
+        """Wait for the device work on the slot (queueing its mirror copy first), then publish."""
+        copies = self._mirror_copies
+        if copies is not None:
+            copies[_sync.load_u64(self._seq_addr) % self.nslots]()
+        self._synchronize()
+        return super().publish(frame_id, origin_ns)
+
+    def write(self, value, frame_id: int | None = None, origin_ns: int = 0) -> int:
+        """Copy ``value`` (host or device array) into the next slot and publish it."""
+        self.backend.upload(self.next_slot(), value)
+        return self.publish(frame_id or 0, origin_ns)
+
+    def read(self):
+        """A consistent private copy of the newest value, on the device."""
+        while True:
+            count, view = self.latest()
+            if view is None:
+                return self.xp.zeros(self.shape, self.dtype)
+            copy = view.copy()
+            self._synchronize()
+            if self.still_valid(count):
+                self.last_read_count = count
+                return copy
+
+    def read_host(self) -> np.ndarray:
+        return self.backend.to_numpy(self.read())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._mirror_copies = None
+        self.host_views = None
+        if self._unpin is not None:
+            self._unpin()
+            self._unpin = None
+        key = _LocalAllocations.key(self.segment)
+        super().close()
+        _LocalAllocations.release(key, self._allocation)
+
+
+def _attach_device_memory(segment: Segment, name: str, gpu_device):
+    """(backend, allocation) of a GPU stream's payload ring, mapped into this process."""
+    recorded = segment.header_str(layout.H_GPU_DEVICE)
+    if isinstance(gpu_device, str) and device.gpu_device_index(gpu_device) != device.gpu_device_index(recorded):
+        raise ValueError(f"GPU stream {name!r} lives on {recorded}, not on {gpu_device}")
+    backend = device.backend(segment.header_str(layout.H_DEVICE_BACKEND))
+    allocation = _LocalAllocations.share(segment)
+    if allocation is None:
+        if not segment.owner_alive():
+            raise FileNotFoundError(
+                f"GPU stream {name!r}: its creator is gone, and its device memory with it")
+        allocation = backend.open(device.gpu_device_index(recorded), segment.header(layout.H_DEVICE_HANDLE),
+                                  segment.header(layout.H_DEVICE_NBYTES))
+        _LocalAllocations.adopt(segment, allocation)
+    return backend, allocation
+
+
+class _LocalAllocations:
+    """Device allocations this process created or opened, shared by its handles on one stream.
+
+    CUDA cannot open an IPC handle in the process that made it, and every
+    handle of one process should map a stream's memory once; the memory is
+    released when the last handle closes.
+    """
+
+    _table: dict = {}  # (segment file, creation time) -> [allocation, handles]
+
+    @staticmethod
+    def key(segment: Segment) -> tuple:
+        return segment.name, segment.header(layout.H_CREATED_WALL_NS), segment.header(layout.H_OWNER_PID)
+
+    @classmethod
+    def adopt(cls, segment: Segment, allocation) -> None:
+        cls._table[cls.key(segment)] = [allocation, 1]
+
+    @classmethod
+    def share(cls, segment: Segment):
+        entry = cls._table.get(cls.key(segment))
+        if entry is None:
+            return None
+        entry[1] += 1
+        return entry[0]
+
+    @classmethod
+    def release(cls, key: tuple, allocation) -> None:
+        entry = cls._table.get(key)
+        if entry is None or entry[0] is not allocation:
+            allocation.release()
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del cls._table[key]
+            allocation.release()
+
+
 def segment_is_stale(name: str) -> bool:
     """A stream segment whose creator died without closing it on purpose."""
     path = shm_path(name)
@@ -302,6 +505,8 @@ def segment_is_stale(name: str) -> bool:
     except (FileNotFoundError, OSError):
         return False
     try:
+        if segment.header(layout.H_STORAGE) == layout.STORAGE_CODES["gpu"]:
+            return True  # its device memory went with its creator, kept or not
         return not (segment.header(layout.H_FLAGS) & layout.FLAG_KEPT)
     finally:
         segment.close()
