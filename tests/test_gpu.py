@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -245,7 +244,7 @@ def test_a_gpu_pipeline_computes_and_reports_like_a_cpu_one(gpu, namespace, tmp_
     for frame_id in range(100, 125):
         frame = rng.standard_normal((8, 8)).astype(np.float32)
         frames.write(frame, frame_id=frame_id)
-        wait_for(lambda: commands.frame_id == frame_id and host_copy.frame_id == frame_id, timeout=10)
+        wait_for(lambda fid=frame_id: commands.frame_id == fid and host_copy.frame_id == fid, timeout=10)
     matrix, offset = manager.get_stream("matrix").read_host(), manager.get_stream("offset").read_host()
     np.testing.assert_array_equal(host_copy.read(), frame * 2.0)  # the CPU stage read the mirror
     np.testing.assert_allclose(commands.read_host(), matrix @ (frame * 2.0).reshape(64) + offset,
