@@ -10,6 +10,9 @@ stream and the writer waits for the echo: the flat-out rate).
 this process; the latency is measured where the output arrives, from the
 origin timestamp the worker carried through: true end-to-end.
 
+``gpu``: the same one-stage pipeline with a copy and with a 1024x2048 affine
+reconstructor, on the CPU and on the GPU (``cpu_vs_gpu``).
+
 Results are dicts of figures in microseconds; ``shmpiped bench`` prints them.
 """
 
@@ -143,26 +146,52 @@ def _pin_all() -> None:
             pass
 
 
-def copy_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: str = "futex",
-                  telemetry: bool = True, warmup: int = 100, shape=(16,), same_core: bool = False) -> dict:
-    """End-to-end latency through a one-stage copy pipeline (a real worker process)."""
+STAGES = ("copy", "affine")
+
+
+def _one_stage_config(namespace: str, stage: str, storage: str, shape, mirror: bool) -> dict:
+    """input -> one kernel -> output; ``affine`` is a (outputs x inputs) reconstructor with offset."""
+    device = {"storage": "gpu", "gpu_device": "cuda:0"} if storage == "gpu" else {}
+    kind = f"{storage}.{'copy' if stage == 'copy' else 'affine_transform'}"
+    if stage == "copy":
+        streams = [{"name": "input", "shape": list(shape)}, {"name": "output", "shape": list(shape)}]
+        kernel = {"name": stage, "kind": kind, "input": "input", "output": "output"}
+    else:
+        rows, columns = shape
+        streams = [
+            {"name": "input", "shape": [columns]},
+            {"name": "matrix", "shape": [rows, columns],
+             "initial": {"pattern": "normal", "seed": 1, "mean": 0.0, "std": 0.01}},
+            {"name": "offset", "shape": [rows], "initial": {"pattern": "constant", "value": 0.0}},
+            {"name": "output", "shape": [rows]},
+        ]
+        kernel = {"name": stage, "kind": kind, "input": "input", "output": "output",
+                  "auxiliary": ["matrix", "offset"]}
+    for entry in streams:
+        entry.update(dtype="float32", **device)
+    if mirror:
+        streams[-1]["cpu_mirror"] = True
+    return {"namespace": namespace, "shared_memory": streams, "kernels": [kernel]}
+
+
+def one_stage_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: str = "futex",
+                       telemetry: bool = True, warmup: int = 100, shape=(16,), same_core: bool = False,
+                       stage: str = "copy", storage: str = "cpu", mirror: bool = False) -> dict:
+    """End-to-end latency through a one-stage pipeline (a real worker process) driven from here.
+
+    ``stage`` is ``copy`` (of ``shape``) or ``affine`` (a ``shape`` = (outputs, inputs) matrix);
+    ``storage`` ``gpu`` puts every stream on cuda:0 and runs the gpu.* kind; ``mirror`` gives the
+    output a CPU mirror. The driver writes host frames (uploaded to the device for GPU streams).
+    """
     from .manager import PipelineManager
 
     namespace = f"bench{uuid.uuid4().hex[:8]}"
-    config = {
-        "namespace": namespace,
-        "shared_memory": [
-            {"name": "input", "shape": list(shape), "dtype": "float32"},
-            {"name": "output", "shape": list(shape), "dtype": "float32"},
-        ],
-        "kernels": [{"name": "copy", "kind": "cpu.copy", "input": "input", "output": "output"}],
-    }
+    config = _one_stage_config(namespace, stage, storage, shape, mirror)
     manager = PipelineManager(config, wait_strategy=strategy, telemetry=telemetry)
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
     driver_cpu = cpus[1] if len(cpus) > 1 and not same_core else cpus[0]  # the worker takes the first
     total = frames + warmup
     latencies = np.zeros(total, dtype=np.int64)
-    payload = np.zeros(shape, dtype=np.float32)
     try:
         manager.build()
         manager.start()
@@ -170,6 +199,7 @@ def copy_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: 
         source = manager.get_stream("input")
         sink = manager.get_stream("output")
         sink.set_wait_strategy(strategy)
+        payload = np.ones(source.shape, dtype=np.float32)
         time.sleep(0.2)
         received = 0
         started = time.monotonic_ns()
@@ -182,19 +212,34 @@ def copy_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: 
             received = sink.wait(received, timeout=10.0)
             latencies[i] = time.monotonic_ns() - sink.slot_metadata(received)[1]
         elapsed = (time.monotonic_ns() - started) / 1e9
-        worker = manager.status()["workers"]["copy"]
+        worker = manager.status()["workers"][stage]
         manager.raise_if_failed()
     finally:
         _pin_all()
         manager.shutdown(force=True)
     return {
-        "benchmark": "copy", "mode": "lock-step" if rate_hz is None else f"{rate_hz:g} Hz",
+        "benchmark": stage if storage == "cpu" else f"gpu {stage}",
+        "mode": "lock-step" if rate_hz is None else f"{rate_hz:g} Hz",
         "wait_strategy": strategy, "telemetry": telemetry, "same_core": same_core,
+        "shape": "x".join(str(d) for d in shape), "storage": storage, "cpu_mirror": mirror,
         **percentiles_us(latencies[warmup:]),
         "rate_hz": round(total / elapsed, 1),
         "worker_avg_exec_us": round(worker.get("avg_exec_us", 0.0), 2),
         "worker_p99_exec_us": round(worker.get("p99_exec_us", 0.0), 2),
     }
+
+
+def cpu_vs_gpu(rate_hz: float = 1000.0, frames: int = 2000, copy_shape=(16,),
+               affine_shape=(1024, 2048)) -> list[dict]:
+    """The GPU benchmark: one-stage copy and a (1024 x 2048) affine reconstructor, CPU then GPU,
+    paced and lock-step, plus the GPU rows with a CPU mirror on the output (its cost)."""
+    results = []
+    for stage, shape in (("copy", copy_shape), ("affine", affine_shape)):
+        for storage in ("cpu", "gpu"):
+            for rate in (rate_hz, None):
+                results.append(one_stage_pipeline(rate, frames, stage=stage, storage=storage, shape=shape))
+        results.append(one_stage_pipeline(None, frames, stage=stage, storage="gpu", shape=shape, mirror=True))
+    return results
 
 
 def parse_source(text: str) -> dict:
@@ -327,4 +372,5 @@ def http_flood(seconds: float = 10.0, clients: int = 8, rate_hz: float = 1000.0,
     }
 
 
-__all__ = ["copy_pipeline", "hop", "http_flood", "parse_source", "percentiles_us", "pipeline", "sleep_until"]
+__all__ = ["cpu_vs_gpu", "hop", "http_flood", "one_stage_pipeline", "parse_source", "percentiles_us", "pipeline",
+           "sleep_until"]

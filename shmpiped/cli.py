@@ -14,7 +14,7 @@ import sys
 import click
 
 from . import __version__
-from .daemon import EXIT_CONFIG, EXIT_PIPELINE_FAILED
+from .daemon import EXIT_CONFIG, EXIT_PIPELINE_FAILED, EXIT_UNAVAILABLE
 from .errors import ConfigValidationError, WorkerProcessError
 
 EXIT_OK = 0
@@ -322,12 +322,14 @@ def _print_results(results: list[dict], as_json: bool) -> None:
         click.echo(json.dumps(results, indent=2))
         return
     for r in results:
-        line = (f"{r['benchmark']:<5} {r['mode']:<10} {r['wait_strategy']:<6} "
+        line = (f"{r['benchmark']:<10} {r['mode']:<10} {r['wait_strategy']:<6} "
                 f"p50={r.get('p50_us', 0):8.1f}  p99={r.get('p99_us', 0):8.1f}  max={r.get('max_us', 0):8.1f} us")
         if "rate_hz" in r:
             line += f"  rate={r['rate_hz']:9.1f} Hz"
         if r.get("same_core"):
             line += "  (same core)"
+        if r.get("cpu_mirror"):
+            line += "  (+cpu_mirror)"
         if "worker_avg_exec_us" in r:
             line += f"  worker exec avg={r['worker_avg_exec_us']:.1f} us"
         if "telemetry" in r and not r["telemetry"]:
@@ -357,16 +359,42 @@ def bench_hop(frames: int, rate: float, strategy: str, as_json: bool) -> None:
 def bench_copy(frames: int, rate: float, strategy: str, as_json: bool) -> None:
     """End-to-end latency of a one-stage copy pipeline: paced and lock-step, across cores and
     on one, and lock-step with telemetry off (its cost is the difference)."""
-    from .bench import copy_pipeline
+    from .bench import one_stage_pipeline as copy
 
-    results = [copy_pipeline(rate, frames, strategy), copy_pipeline(None, frames, strategy)]
+    results = [copy(rate, frames, strategy), copy(None, frames, strategy)]
     if strategy == "futex":  # a spinning reader on its writer's core only steals the writer's time
-        results += [copy_pipeline(rate, frames, strategy, same_core=True),
-                    copy_pipeline(None, frames, strategy, same_core=True),
-                    copy_pipeline(None, frames, strategy, same_core=True, telemetry=False)]
+        results += [copy(rate, frames, strategy, same_core=True),
+                    copy(None, frames, strategy, same_core=True),
+                    copy(None, frames, strategy, same_core=True, telemetry=False)]
     else:
-        results.append(copy_pipeline(None, frames, strategy, telemetry=False))
+        results.append(copy(None, frames, strategy, telemetry=False))
     _print_results(results, as_json)
+
+
+@bench.command("gpu")
+@click.option("--frames", type=int, default=2000, show_default=True)
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Paced rate in Hz.")
+@click.option("--affine-shape", default="1024x2048", show_default=True, metavar="ROWSxCOLUMNS",
+              help="The reconstructor matrix: commands x slopes.")
+@click.option("--json", "as_json", is_flag=True)
+def bench_gpu(frames: int, rate: float, affine_shape: str, as_json: bool) -> None:
+    """CPU vs GPU: a one-stage copy and an affine reconstructor, paced and lock-step; the GPU rows
+    again with a CPU mirror on the output."""
+    from .bench import cpu_vs_gpu
+    from .shm.device import gpu_status
+
+    status = gpu_status()
+    if not status.usable:
+        click.echo(f"bench gpu needs a usable GPU, but {status.reason}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    try:
+        rows, columns = (int(n) for n in affine_shape.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected ROWSxCOLUMNS, got {affine_shape!r}",
+                                 param_hint="--affine-shape") from None
+    if status.backend == "emulated":
+        click.echo("note: SHMPIPED_GPU_EMULATION is set: the 'GPU' rows run on the CPU stand-in", err=True)
+    _print_results(cpu_vs_gpu(rate, frames, affine_shape=(rows, columns)), as_json)
 
 
 @bench.command("flood")

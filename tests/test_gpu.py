@@ -8,6 +8,7 @@ there is one (deselected elsewhere; ``python3 -m pytest -m gpu`` runs just those
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,21 @@ def real_gpu_status(monkeypatch):
     device.gpu_status.cache_clear()
     yield device.gpu_status()
     device.gpu_status.cache_clear()
+
+
+#: A process that can use no GPU, even on a machine with one.
+NO_GPU_ENV = {**{k: v for k, v in os.environ.items() if k != device.EMULATION_ENV}, "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.fixture(scope="module")
+def no_gpu_reason():
+    """What gpu_status() says in a process that can use no GPU."""
+    code = "from shmpiped.shm.device import gpu_status; print(gpu_status().reason)"
+    result = subprocess.run([sys.executable, "-c", code], env=NO_GPU_ENV, capture_output=True, text=True,
+                            timeout=60, check=True)
+    reason = result.stdout.strip()
+    assert reason.startswith(("no CUDA device is usable", "CuPy is not installed")), reason
+    return reason
 
 
 @pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -108,17 +124,14 @@ def test_without_cupy_the_reason_is_the_missing_extra():
     assert result.stdout.strip() == "CuPy is not installed (install the GPU extra: pip install 'shmpiped[gpu]')"
 
 
-def test_a_gpu_pipeline_without_a_gpu_fails_validation_naming_what_is_missing(real_gpu_status, tmp_path,
+def test_a_gpu_pipeline_without_a_gpu_fails_validation_naming_what_is_missing(no_gpu_reason, tmp_path,
                                                                               namespace):
-    if real_gpu_status.usable:
-        pytest.fail("this check is for machines without a CUDA device")  # pragma: no cover
     path = gpu_pipeline(namespace, tmp_path)
     result = subprocess.run([sys.executable, "-m", "shmpiped.cli", "validate", path], capture_output=True,
-                            text=True, timeout=60, env={k: v for k, v in os.environ.items()
-                                                         if k != device.EMULATION_ENV})
+                            text=True, timeout=60, env=NO_GPU_ENV)
     assert result.returncode == 78
     output = result.stdout + result.stderr
-    reason = real_gpu_status.reason
+    reason = no_gpu_reason
     assert (f"shared memory 'frames', 'scaled', 'flat', 'matrix', 'offset', 'commands' have storage: gpu, "
             f"but {reason} (in {path}, line 3)") in output
     assert f"kernel kind 'gpu.scale' needs a usable GPU, but {reason} (in {path}, line 17)" in output
@@ -270,3 +283,25 @@ def test_a_gpu_daemon_exports_its_workers(gpu, namespace, tmp_path, daemons):
     assert daemon.status()["streams"]["commands"]["storage"] == "gpu"
     assert daemon.stop() == 0
     assert not segments_of(namespace)
+
+
+def test_bench_gpu_prints_cpu_and_gpu_rows(emulated_gpu):
+    result = subprocess.run([sys.executable, "-m", "shmpiped.cli", "bench", "gpu", "--frames", "50",
+                             "--affine-shape", "64x128", "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "SHMPIPED_GPU_EMULATION is set" in result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["benchmark"], r["mode"], r["cpu_mirror"]) for r in rows] == [
+        (f"{prefix}{stage}", mode, mirror)
+        for stage in ("copy", "affine")
+        for prefix, mode, mirror in (("", "1000 Hz", False), ("", "lock-step", False), ("gpu ", "1000 Hz", False),
+                                     ("gpu ", "lock-step", False), ("gpu ", "lock-step", True))]
+    assert {r["shape"] for r in rows} == {"16", "64x128"}
+    assert all(r["n"] == 50 and r["p50_us"] > 0 and r["rate_hz"] > 0 for r in rows)
+
+
+def test_bench_gpu_without_a_gpu_exits_unavailable(no_gpu_reason):
+    result = subprocess.run([sys.executable, "-m", "shmpiped.cli", "bench", "gpu"], capture_output=True,
+                            text=True, timeout=60, env=NO_GPU_ENV)
+    assert result.returncode == 69
+    assert result.stderr.strip() == f"bench gpu needs a usable GPU, but {no_gpu_reason}"

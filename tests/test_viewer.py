@@ -376,12 +376,12 @@ def test_gpu_stream_with_mirror_is_viewed_through_the_mirror(emulated_gpu, strea
 
 def test_gpu_stream_viewer_without_a_usable_gpu_says_what_is_missing(emulated_gpu, streams, namespace):
     streams("dm", (4,), "float32", storage="gpu", gpu_device="cuda:0")
-    env = {key: value for key, value in os.environ.items() if key != device.EMULATION_ENV}
+    env = {**{k: v for k, v in os.environ.items() if k != device.EMULATION_ENV}, "CUDA_VISIBLE_DEVICES": ""}
     viewer = subprocess.run([sys.executable, "-m", "shmpiped.viewer", "dm", "--namespace", namespace,
                              "--mode", "text", "--frames", "1"], env=env, capture_output=True, text=True, timeout=30)
     assert viewer.returncode == 1
     assert "cannot view GPU stream 'dm' (it has no cpu_mirror)" in viewer.stderr
-    assert device.gpu_status.__wrapped__().reason.split(" (")[0] in viewer.stderr
+    assert "no CUDA device is usable" in viewer.stderr or "CuPy is not installed" in viewer.stderr
 
 
 # -- viewer processes -----------------------------------------------------------------------------

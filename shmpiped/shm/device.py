@@ -209,8 +209,13 @@ class CudaBackend:
         return functools.partial(runtime.hostUnregister, address)
 
     def upload(self, device_view, value) -> None:
-        host = np.ascontiguousarray(value, dtype=device_view.dtype).reshape(device_view.shape)
-        device_view.set(host)
+        """Copy a host (or device) array into ``device_view``, on the view's device."""
+        cupy = self._cupy
+        with device_view.device:
+            if isinstance(value, cupy.ndarray):
+                cupy.copyto(device_view, value.reshape(device_view.shape), casting="unsafe")
+            else:
+                device_view.set(np.ascontiguousarray(value, dtype=device_view.dtype).reshape(device_view.shape))
 
     def to_numpy(self, array) -> np.ndarray:
         return self._cupy.asnumpy(array)
