@@ -294,12 +294,17 @@ def kinds() -> None:
     """List the registered kernel, source and sink kinds."""
     from .kernels.registry import default_registry
 
+    from .shm.device import gpu_status
+
     registry = default_registry()
     for title, names in (("kernels", registry.kinds()), ("sources", registry.source_kinds()),
                          ("sinks", registry.sink_kinds())):
         click.echo(f"{title}:")
         for name in names:
             click.echo(f"  {name}")
+    status = gpu_status()
+    if not status.usable:
+        click.echo(f"(the gpu.* kernel kinds are not available: {status.reason})")
 
 
 # ---------------------------------------------------------------------- bench

@@ -305,3 +305,15 @@ def test_bench_gpu_without_a_gpu_exits_unavailable(no_gpu_reason):
                             text=True, timeout=60, env=NO_GPU_ENV)
     assert result.returncode == 69
     assert result.stderr.strip() == f"bench gpu needs a usable GPU, but {no_gpu_reason}"
+
+
+def test_kinds_lists_the_gpu_twins_or_says_why_not(no_gpu_reason):
+    def kinds(env):
+        return subprocess.run([sys.executable, "-m", "shmpiped.cli", "kinds"], capture_output=True, text=True,
+                              timeout=60, env=env, check=True).stdout
+
+    without = kinds(NO_GPU_ENV)
+    assert "gpu.copy" not in without
+    assert f"(the gpu.* kernel kinds are not available: {no_gpu_reason})" in without
+    emulated = kinds({**os.environ, device.EMULATION_ENV: "1"})
+    assert "  gpu.copy\n" in emulated and "  gpu.affine_transform\n" in emulated and "not available" not in emulated
