@@ -293,7 +293,6 @@ def view(stream: str, namespace: str | None, mode: str, png_path: str | None, in
 def kinds() -> None:
     """List the registered kernel, source and sink kinds."""
     from .kernels.registry import default_registry
-
     from .shm.device import gpu_status
 
     registry = default_registry()
