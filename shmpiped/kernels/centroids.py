@@ -29,50 +29,58 @@ class SpotCentroidPlan:
     Each pixel ``v = pixel - background`` counts only where ``v > threshold``
     and is weighted by ``v ** weight_power``; the result is ``[cy - (H-1)/2,
     cx - (W-1)/2]``, or zeros when the total weight is not positive.
+
+    ``compute`` never reads a value back to the host (on a GPU that would wait
+    for the device every frame): when the total is not positive, the sums are
+    replaced by [centre row, centre column, 1], which give exactly [0, 0]. The
+    parameters are 0-d float64 arrays, which NumPy applies faster than Python
+    numbers, with the same result.
     """
 
     def __init__(self, xp: ModuleType, shape, threshold=0.0, background=0.0, weight_power=1.0) -> None:
         rows, cols = (int(n) for n in shape)
         self.xp = xp
-        self.threshold = threshold
-        self.background = background
-        self.weight_power = weight_power
+        self.threshold = xp.asarray(threshold, dtype=FLOAT64)
+        self.background = xp.asarray(background, dtype=FLOAT64)
+        self.weight_power = xp.asarray(weight_power, dtype=FLOAT64)
+        self._subtract_background = background != 0
+        self._raise_to_power = weight_power != 1
         self.weights = xp.empty((rows, cols), dtype=FLOAT64)
         self.rejected = xp.empty((rows, cols), dtype=bool)
-        self.row_sums = xp.empty(rows, dtype=FLOAT64)
-        self.col_sums = xp.empty(cols, dtype=FLOAT64)
-        self.row_index = xp.arange(rows, dtype=FLOAT64)
-        self.col_index = xp.arange(cols, dtype=FLOAT64)
-        self.row_moments = xp.empty(rows, dtype=FLOAT64)
-        self.col_moments = xp.empty(cols, dtype=FLOAT64)
-        self.moments = xp.empty(2, dtype=FLOAT64)  # [sum(w * row), sum(w * col)]
-        self._row_moment = self.moments[0, ...]  # 0-d views, made once
-        self._col_moment = self.moments[1, ...]
-        self.total = xp.empty((), dtype=FLOAT64)
+        # Row and column profiles side by side, so one multiply weights both by their index.
+        self.profiles = xp.empty(rows + cols, dtype=FLOAT64)
+        self.row_sums, self.col_sums = self.profiles[:rows], self.profiles[rows:]
+        self.index = xp.concatenate((xp.arange(rows, dtype=FLOAT64), xp.arange(cols, dtype=FLOAT64)))
+        self.weighted_profiles = xp.empty(rows + cols, dtype=FLOAT64)
+        self._row_weighted, self._col_weighted = self.weighted_profiles[:rows], self.weighted_profiles[rows:]
+        self.sums = xp.empty(3, dtype=FLOAT64)  # [sum(w * row), sum(w * col), sum(w)]
+        self.moments = self.sums[:2]
+        self._row_moment, self._col_moment, self.total = self.sums[0, ...], self.sums[1, ...], self.sums[2, ...]
         self.center = xp.asarray([(rows - 1) / 2.0, (cols - 1) / 2.0], dtype=FLOAT64)
+        self.no_weight = xp.empty((), dtype=bool)
+        self._no_weight_sums = xp.asarray([(rows - 1) / 2.0, (cols - 1) / 2.0, 1.0], dtype=FLOAT64)
         self.position = xp.empty(2, dtype=FLOAT64)
+        self._zero = xp.zeros((), dtype=FLOAT64)
 
     def compute(self, image, out) -> None:
         """Write [dy, dx] into ``out`` (shape (2,), any dtype)."""
         xp = self.xp
         weights = self.weights
         xp.copyto(weights, image, casting="unsafe")
-        if self.background != 0:
+        if self._subtract_background:
             xp.subtract(weights, self.background, out=weights)
         xp.less_equal(weights, self.threshold, out=self.rejected)
-        xp.copyto(weights, 0.0, where=self.rejected)
-        if self.weight_power != 1:
+        xp.copyto(weights, self._zero, where=self.rejected)
+        if self._raise_to_power:
             xp.power(weights, self.weight_power, out=weights)
         xp.sum(weights, axis=1, out=self.row_sums)
         xp.sum(weights, axis=0, out=self.col_sums)
         xp.sum(self.row_sums, out=self.total)
-        if float(self.total) <= 0.0:
-            out[...] = 0
-            return
-        xp.multiply(self.row_sums, self.row_index, out=self.row_moments)
-        xp.multiply(self.col_sums, self.col_index, out=self.col_moments)
-        xp.sum(self.row_moments, out=self._row_moment)
-        xp.sum(self.col_moments, out=self._col_moment)
+        xp.multiply(self.profiles, self.index, out=self.weighted_profiles)
+        xp.sum(self._row_weighted, out=self._row_moment)
+        xp.sum(self._col_weighted, out=self._col_moment)
+        xp.less_equal(self.total, self._zero, out=self.no_weight)
+        xp.copyto(self.sums, self._no_weight_sums, where=self.no_weight)  # centre / 1 - centre == 0
         xp.divide(self.moments, self.total, out=self.position)
         xp.subtract(self.position, self.center, out=self.position)
         xp.copyto(out, self.position, casting="unsafe")
@@ -118,7 +126,9 @@ class TileCentroidPlan:
 
     The float64 copy of the image is viewed as (H/t, t, W/t, t); row and
     column profiles of every tile are reduced at once. Tiles whose sum is
-    not positive give [0, 0].
+    not positive give [0, 0]. The constants are 0-d float64 arrays made once:
+    NumPy converts a Python number on every call, and ``cupy.copyto`` makes a
+    host array for one.
     """
 
     def __init__(self, xp: ModuleType, shape, tile_size: int) -> None:
@@ -139,7 +149,9 @@ class TileCentroidPlan:
         self.slopes = xp.empty((tiles_y, tiles_x, 2), dtype=FLOAT64)
         self._slope_rows = self.slopes[..., 0]  # strided views, made once
         self._slope_cols = self.slopes[..., 1]
-        self.center = (t - 1) / 2.0
+        self.center = xp.asarray((t - 1) / 2.0, dtype=FLOAT64)
+        self._zero = xp.zeros((), dtype=FLOAT64)
+        self._one = xp.ones((), dtype=FLOAT64)
 
     def compute(self, image, out) -> None:
         """Write (H/t, W/t, 2) [dy, dx] per tile into ``out``."""
@@ -152,12 +164,12 @@ class TileCentroidPlan:
         xp.sum(self.tiles, axis=1, out=self.col_profiles)
         xp.multiply(self.col_profiles, self.col_weights, out=self.col_profiles)
         xp.sum(self.col_profiles, axis=2, out=self._slope_cols)
-        xp.less_equal(self.totals, 0.0, out=self.empty)
-        xp.copyto(self.totals, 1.0, where=self.empty)
+        xp.less_equal(self.totals, self._zero, out=self.empty)
+        xp.copyto(self.totals, self._one, where=self.empty)
         for plane in (self._slope_rows, self._slope_cols):
             xp.divide(plane, self.totals, out=plane)
             xp.subtract(plane, self.center, out=plane)
-            xp.copyto(plane, 0.0, where=self.empty)
+            xp.copyto(plane, self._zero, where=self.empty)
         xp.copyto(out, self.slopes, casting="unsafe")
 
 

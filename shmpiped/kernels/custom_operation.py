@@ -48,11 +48,16 @@ UNARY_OPERATORS = {ast.UAdd: "positive", ast.USub: "negative"}
 #: Functions run with casting="unsafe" (spec 10.4); after the compiler's
 #: conversions their operands already have the result dtype.
 UNSAFE_CASTING = frozenset({"add", "subtract", "multiply", "divide", "copy"})
+#: Functions whose first operand must be an array: ``cupy.clip(a, ...)`` calls ``a.clip``.
+ARRAY_FIRST_OPERAND = frozenset({"clip"})
 
 
 @dataclass(frozen=True)
 class Operand:
-    """Where an instruction reads or writes: input, auxiliary, temporary, constant or output."""
+    """Where an instruction reads or writes: input, auxiliary, temporary, constant or output.
+
+    An ``array_constant`` (value, dtype) is a constant bound as a 0-d array of that dtype.
+    """
 
     kind: str
     value: Any = None
@@ -201,6 +206,8 @@ class _Compiler:
         sample = numpy.asarray(sample)
         shape = None if function == "matmul" else sample.shape
         operands = tuple(self.converted(argument, sample.dtype, shape) for argument in arguments)
+        if function in ARRAY_FIRST_OPERAND and arguments[0].is_constant:
+            operands = (Operand("array_constant", (arguments[0].operand.value, sample.dtype)), *operands[1:])
         destination = OUTPUT if root else self.temporary(sample.shape, sample.dtype)
         self.instructions.append(Instruction(function, destination, operands))
         return _Value(destination, sample, names)
@@ -268,6 +275,9 @@ class OperationProgram:
             return self.temporaries[operand.value]
         if operand.kind == "constant":
             return operand.value
+        if operand.kind == "array_constant":
+            value, dtype = operand.value
+            return self.xp.asarray(value, dtype=dtype)
         return operand  # input / auxiliary / output: an Operand marker
 
     @staticmethod

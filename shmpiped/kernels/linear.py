@@ -147,29 +147,35 @@ class LeakyIntegratorKernel(Kernel):
         self.state = xp.zeros(shape, dtype=work)
         self._gain_term = xp.empty(shape, dtype=work)
         self._input_buffer = None if work == dtype else xp.empty(shape, dtype=work)
-        self._leak_buffer = xp.empty((1,), dtype=work)
-        self._gain_buffer = xp.empty((1,), dtype=work)
-
-    def _auxiliary_coefficients_active(self, auxiliary_inputs) -> bool:
-        if self._override_alias is None:
-            return True
-        return float(auxiliary_inputs[self._override_alias].reshape(-1)[0]) != 0.0
+        # [leak, gain] as 0-d arrays (NumPy multiplies by them faster than by Python numbers):
+        # the parameters, overwritten each frame by the auxiliaries that apply.
+        parameter_values = [0 if value is None else value for value in (self.leak, self.gain)]
+        self._coefficients = xp.asarray(parameter_values, dtype=work)
+        self._leak_coefficient, self._gain_coefficient = self._coefficients[0, ...], self._coefficients[1, ...]
+        # Whether the auxiliaries apply: always without a switch; with one, set on the device
+        # each frame (never read back to the host) after the parameters are restored.
+        self._use_auxiliary = xp.ones((), dtype=bool)
+        self._parameters = self._coefficients.copy() if self._override_alias is not None else None
 
     def compute_into(self, trigger_input, output, auxiliary_inputs) -> None:
         xp = self.xp
-        leak, gain = self.leak, self.gain
-        if self._auxiliary_coefficients_active(auxiliary_inputs):
-            if self._leak_alias is not None:
-                xp.copyto(self._leak_buffer, auxiliary_inputs[self._leak_alias].reshape(1), casting="unsafe")
-                leak = self._leak_buffer
-            if self._gain_alias is not None:
-                xp.copyto(self._gain_buffer, auxiliary_inputs[self._gain_alias].reshape(1), casting="unsafe")
-                gain = self._gain_buffer
+        use_auxiliary = self._use_auxiliary
+        # copyto drops the unit dimensions of a single-element stream copied into a 0-d array.
+        if self._override_alias is not None:
+            switch = auxiliary_inputs[self._override_alias]
+            xp.copyto(use_auxiliary, switch, casting="unsafe")  # the cast to bool tests non-zero
+            xp.copyto(self._coefficients, self._parameters)
+        if self._leak_alias is not None:
+            leak = auxiliary_inputs[self._leak_alias]
+            xp.copyto(self._leak_coefficient, leak, casting="unsafe", where=use_auxiliary)
+        if self._gain_alias is not None:
+            gain = auxiliary_inputs[self._gain_alias]
+            xp.copyto(self._gain_coefficient, gain, casting="unsafe", where=use_auxiliary)
         source = trigger_input
         if self._input_buffer is not None:
             xp.copyto(self._input_buffer, trigger_input, casting="unsafe")
             source = self._input_buffer
-        xp.multiply(self.state, leak, out=self.state)
-        xp.multiply(source, gain, out=self._gain_term)
+        xp.multiply(self.state, self._leak_coefficient, out=self.state)
+        xp.multiply(source, self._gain_coefficient, out=self._gain_term)
         xp.add(self.state, self._gain_term, out=self.state)
         xp.copyto(output, self.state, casting="unsafe")
