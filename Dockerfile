@@ -16,10 +16,24 @@
 #                  headers are installed in the builder only).  A non-empty wheelhouse makes the
 #                  build offline (pip --no-index): it must hold shmpiped's wheel (or setuptools and
 #                  wheel plus a compiler in the builder), numpy, pyyaml, click, prometheus-client,
-#                  and for GPU=1 cupy-cuda12x and fastrlock, all for the image's Python.
-#   GPU            1 (default): install cupy-cuda12x, fail if it cannot be had; auto: install it
-#                  when the wheelhouse or the network has it; 0: NumPy only (CPU image).
+#                  and for GPU=1 cupy-cuda12x with its dependencies (CuPy 14: cuda-pathfinder;
+#                  CuPy 13: fastrlock), all for the image's Python.  `pip download 'cupy-cuda12x>=13'`
+#                  with that Python fetches them.
+#   GPU            1 (default): install cupy-cuda12x (the `gpu` extra), fail if it cannot be had;
+#                  auto: install it when the wheelhouse or the network has it; 0: NumPy only (CPU
+#                  image, about 300 MB smaller: CuPy is most of the venv).
 #   SHMPIPED_UID   the non-root user's uid and gid (default 10001).
+#
+# GPUs (GPU=1)
+#   The image holds CuPy for CUDA 12, so pipelines with `storage: gpu` streams and `gpu.*` kernels run
+#   in it; CPU pipelines run in it unchanged.  CuPy needs the CUDA 12 libraries (the default base
+#   has them; on another base they must be added) and, at run time, the host's NVIDIA driver and
+#   GPUs: `docker run --gpus all` (or `--gpus device=0`) asks the NVIDIA container toolkit, which
+#   must be installed on the host and registered with Docker (`nvidia-ctk runtime configure
+#   --runtime=docker`), to mount the driver's libraries and the GPU device nodes into the
+#   container.  Without `--gpus`, or on a host without a GPU, `import cupy` still works, the `gpu.*`
+#   kinds are not offered, and a pipeline that needs a CUDA device exits 78 (EX_CONFIG) with
+#   "no CUDA device is usable" and the device it asked for.
 #
 # Run (see the README, "Containers"):
 #   docker run --ipc=host --gpus all -v ./pipeline.yaml:/etc/shmpiped/pipeline.yaml -p 9750:9750 shmpiped

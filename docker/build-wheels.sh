@@ -42,7 +42,7 @@ case "$gpu" in
     *) die "GPU must be 1, auto or 0, not '$gpu'" ;;
 esac
 if [ "$with_cupy" = 1 ] && [ "$offline" = 1 ] && ! ls "$wheelhouse"/cupy_cuda12x-*.whl >/dev/null 2>&1; then
-    die "GPU=1 but the wheelhouse has no cupy_cuda12x wheel (add it and fastrlock, or use GPU=auto or GPU=0)"
+    die "GPU=1 but the wheelhouse has no cupy_cuda12x wheel (add it and its dependencies, or use GPU=auto or GPU=0)"
 fi
 
 # Python with venv (Debian and Ubuntu ship ensurepip in python3-venv).
@@ -76,7 +76,7 @@ else
     $pip wheel -q $index --wheel-dir "$wheelhouse" "$src"
 fi
 
-# The GPU extra: cupy-cuda12x (and its dependency fastrlock).
+# The GPU extra: cupy-cuda12x and its dependencies (CuPy 14: cuda-pathfinder; CuPy 13: fastrlock).
 if [ "$with_cupy" != 0 ] && [ "$offline" = 0 ]; then
     # shellcheck disable=SC2086
     $pip download -q $index --only-binary=:all: --dest "$wheelhouse" "$cupy_spec" \

@@ -81,8 +81,10 @@ def gpu_stream_errors(config) -> list[str]:
     status = gpu_status()
     if not status.usable:
         names = ", ".join(repr(spec.name) for spec in specs)
+        devices = ", ".join(sorted({spec.gpu_device for spec in specs}))
         have = "has" if len(specs) == 1 else "have"
-        return [config.locate(f"shared memory {names} {have} storage: gpu, but {status.reason}", specs[0])]
+        return [config.locate(f"shared memory {names} {have} storage: gpu on {devices}, but {status.reason}",
+                              specs[0])]
     errors = []
     for spec in specs:
         try:

@@ -1,16 +1,27 @@
-"""A real Docker engine for the container tests: the base image, the shmpiped image, containers.
+"""A real Docker engine for the tests: the helpers, locally made images, the shmpiped image's containers.
 
-No registry is reachable from the test machine, so the base image is made here:
-``debootstrap`` a minimal Debian with Python, ``docker import`` it (once per
-machine, cached by tag).  The shmpiped image is then built from the project's
-own Dockerfile with ``BASE_IMAGE=<that base>`` and an offline wheelhouse built
-on the host (shmpiped's wheel and its dependencies, for the same Python minor
-version as the base's), exactly as an air-gapped site would build it.
+No registry is reachable from the test machine, so every image is made here, and
+kept by a tag that names what went into it:
+
+- base images (``debootstrap_image``): a minimal Debian with the packages a suite
+  needs, ``docker import``-ed once per machine; the tag is derived from the recipe;
+- images built on such a base (``build_cached_image``), offline, from a wheelhouse
+  made on this host: shmpiped's wheel (built from a copy of the tree) and the wheels
+  of its requirements for the same Python minor version as the base's.  Those wheels
+  are downloaded once per machine into ``WHEEL_CACHE`` (cupy-cuda12x alone is about
+  136 MB).  The tag is a digest of the base and of every file that goes in, so an
+  unchanged tree reuses its image and a new one replaces the older ones.
+
+The shmpiped image is the project's Dockerfile with its defaults, the GPU extra
+(cupy-cuda12x) included, exactly as users get it, built as an air-gapped site
+builds it: ``BASE_IMAGE=<the Debian base>`` and ``WHEELHOUSE=wheelhouse``.  There is
+no GPU here: the image's CuPy imports, and a pipeline with GPU streams is refused.
+tests/systemd_support.py builds its own image with the same functions.
 
 Containers run through testcontainers (its reaper, Ryuk, is an image that
 cannot be pulled here: it is disabled and the fixtures remove what they start).
 Every image and container these tests make is named ``shmpiped-ctest...``
-with a per-session suffix; nothing else on the engine is touched.
+(containers with a per-session suffix); nothing else on the engine is touched.
 
 When Docker cannot be used the tests skip with the reason, except under
 ``CI=true``, where they fail: CI installs and starts the engine
@@ -31,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -41,56 +53,62 @@ REPO = Path(__file__).resolve().parent.parent
 SESSION = uuid.uuid4().hex[:8]
 PREFIX = "shmpiped-ctest"
 
-# The base image: Debian bookworm (python3.11, as on the test machine), minbase plus Python.
-BASE_SUITE = "bookworm"
+# The shmpiped image's base: Debian bookworm (python3.11, as on the test machine), minbase plus Python.
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
-BASE_RECIPE_VERSION = 1  # bump when the recipe below changes: the tag is derived from it
+BASE_RECIPE_VERSION = 1  # bump when the base recipe (debootstrap_image) changes: the tag is derived from it
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-BUILD_LOCK = Path(tempfile.gettempdir()) / "shmpiped-ctest-base.lock"
+# Third-party wheels, one folder per Python and requirement list; delete it to pick up newer releases.
+WHEEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shmpiped-tests" / "wheels"
 
-# What the image build needs from the source tree (the rest of the tree is not copied).
-CONTEXT_IGNORE = shutil.ignore_patterns(
-    ".git", "__pycache__", "*.pyc", "*.so", "*.egg-info", "build", "dist", ".venv", "wheelhouse",
-    ".pytest_cache", ".ruff_cache", ".benchmarks", ".mypy_cache", "helm", "deploy", "tests", "docs", ".ci")
-RUNTIME_DEPENDENCIES = ("numpy>=1.24", "pyyaml>=6.0", "click>=8.1", "prometheus-client>=0.17")
-
-
-class DockerUnavailable(Exception):
-    """Docker (or something the image build needs) cannot be used here; the message says why."""
+# What shmpiped's wheel is built from, and what the Dockerfile's build context needs besides.
+WHEEL_SOURCES = ("pyproject.toml", "setup.py", "README.md", "shmpiped")
+CONTEXT_FILES = ("Dockerfile", ".dockerignore", "docker", *WHEEL_SOURCES)
+SKIPPED = ("__pycache__", ".pyc", ".so")  # build products of the checkout, never copied or hashed
 
 
-def unavailable(reason: str):
-    """Skip with ``reason``, or fail under CI=true, where the engine must be there."""
+class Unavailable(Exception):
+    """A tool these tests need cannot be used here; the message says why."""
+
+
+def unavailable(reason: str, suite: str = "container tests"):
+    """Skip with ``reason``, or fail under CI=true, where .ci/install-*.sh provide everything."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"container tests cannot run under CI: {reason}", pytrace=False)
-    pytest.skip(f"container tests need a usable Docker engine: {reason}")
+        pytest.fail(f"{suite} cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(f"{suite}: {reason}")
+
+
+def run(command: list[str], *, timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``command``, capturing its output; on failure raise with that output."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    except FileNotFoundError:
+        raise Unavailable(f"{command[0]} is not installed (.ci/install-*.sh install it)") from None
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """Run the docker CLI; on failure raise with its output."""
-    try:
-        result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kwargs)
-    except FileNotFoundError:
-        raise DockerUnavailable("the docker command is not installed (.ci/install-docker.sh installs it)") from None
-    if check and result.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
+    return run(["docker", *args], timeout=timeout, check=check, **kwargs)
 
 
 def check_engine() -> None:
     if shutil.which("docker") is None:
-        raise DockerUnavailable("the docker command is not installed (.ci/install-docker.sh installs it)")
+        raise Unavailable("the docker command is not installed (.ci/install-docker.sh installs it)")
     try:
         info = docker("info", "--format", "{{json .ServerVersion}}", timeout=30, check=False)
     except subprocess.TimeoutExpired:
-        raise DockerUnavailable("`docker info` did not answer within 30 s") from None
-    if info.returncode != 0 or not info.stdout.strip() or info.stdout.strip() == '""':
-        raise DockerUnavailable(f"no Docker engine answers (`docker info`: {info.stderr.strip()[-300:]}); "
-                                "start one with .ci/install-docker.sh")
+        raise Unavailable("`docker info` did not answer within 30 s") from None
+    if info.returncode != 0 or info.stdout.strip() in ("", '""'):
+        raise Unavailable(f"no Docker engine answers (`docker info`: {info.stderr.strip()[-300:]}); "
+                          "start one with .ci/install-docker.sh")
+
+
+def check_testcontainers() -> None:
     try:
         import testcontainers  # noqa: F401
     except ImportError:
-        raise DockerUnavailable("the testcontainers package is missing (pip install -e '.[test]')") from None
+        raise Unavailable("the testcontainers package is missing (pip install -e '.[test]')") from None
 
 
 def image_exists(tag: str) -> bool:
@@ -98,9 +116,9 @@ def image_exists(tag: str) -> bool:
 
 
 @contextlib.contextmanager
-def machine_lock(path: Path = BUILD_LOCK):
-    """One base-image build at a time on this machine (two test sessions may start together)."""
-    with open(path, "w") as handle:
+def machine_lock(name: str):
+    """One ``name`` build at a time on this machine (two test sessions may start together)."""
+    with open(Path(tempfile.gettempdir()) / f"shmpiped-tests-{name}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -108,37 +126,39 @@ def machine_lock(path: Path = BUILD_LOCK):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# ---------------------------------------------------------------------- the base image
+# ---------------------------------------------------------------------- base images
 
 
-def base_image_tag() -> str:
-    recipe = json.dumps([BASE_SUITE, sorted(BASE_PACKAGES), BASE_RECIPE_VERSION, "minbase"])
-    return f"{PREFIX}-base:{BASE_SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}"
+def debootstrap_image(repository: str, packages: Iterable[str], *, command: str = "/bin/bash",
+                      recipe_version: int = 1, suite: str = "bookworm") -> str:
+    """Debian ``suite`` (minbase plus ``packages``) made by debootstrap, imported as ``repository:TAG``.
 
-
-def build_base_image() -> str:
-    """The Debian base (built once per machine and kept: later sessions find it by its tag)."""
-    tag = base_image_tag()
+    Built once per machine and kept: the tag is derived from the recipe, so later sessions find
+    it.  The tag does not hash ``command``: bump ``recipe_version`` when it changes.
+    """
+    packages = sorted(packages)
+    recipe = json.dumps([suite, packages, recipe_version, "minbase"])
+    tag = f"{repository}:{suite}-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}"
     if image_exists(tag):
         return tag
-    with machine_lock():
+    with machine_lock("debootstrap"):
         if image_exists(tag):  # another session built it while we waited
             return tag
         if shutil.which("debootstrap") is None:
-            raise DockerUnavailable("debootstrap is not installed (.ci/install-docker.sh installs it)")
+            raise Unavailable("debootstrap is not installed (.ci/install-docker.sh installs it)")
         if os.geteuid() != 0:
-            raise DockerUnavailable("building the base image with debootstrap needs root")
+            raise Unavailable(f"building {tag} with debootstrap needs root")
         mirror = os.environ.get("SHMPIPED_TEST_DEBIAN_MIRROR", DEFAULT_MIRROR)
-        with tempfile.TemporaryDirectory(prefix="shmpiped-ctest-rootfs-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="shmpiped-tests-rootfs-") as scratch:
             rootfs = Path(scratch) / "rootfs"
             log = Path(scratch) / "debootstrap.log"
             with open(log, "w") as out:
                 done = subprocess.run(
-                    ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-                     BASE_SUITE, str(rootfs), mirror], stdout=out, stderr=subprocess.STDOUT, timeout=900)
+                    ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(rootfs),
+                     mirror], stdout=out, stderr=subprocess.STDOUT, timeout=1200)
             if done.returncode != 0:  # most often: the Debian mirror is out of reach
-                raise DockerUnavailable(f"debootstrap of the base image failed ({done.returncode}; mirror {mirror}, "
-                                        f"SHMPIPED_TEST_DEBIAN_MIRROR overrides it):\n{log.read_text()[-2000:]}")
+                raise Unavailable(f"debootstrap of {tag} failed ({done.returncode}; mirror {mirror}, "
+                                  f"SHMPIPED_TEST_DEBIAN_MIRROR overrides it):\n{log.read_text()[-2000:]}")
             for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
                 for entry in (rootfs / cache).glob("*"):
                     if entry.is_file():
@@ -148,7 +168,7 @@ def build_base_image() -> str:
                 ["docker", "import",
                  "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                  "--change", "ENV LANG=C.UTF-8",
-                 "--change", 'CMD ["/bin/bash"]',
+                 "--change", f"CMD {json.dumps([command])}",
                  "-", tag], stdin=tar.stdout, capture_output=True, text=True, timeout=600)
             tar.stdout.close()
             tar.wait()
@@ -157,72 +177,140 @@ def build_base_image() -> str:
     return tag
 
 
-def python_version_of(image: str) -> str:
-    return docker("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c",
-                  "import sys; print('%d.%d' % sys.version_info[:2])", timeout=60).stdout.strip()
+def build_base_image() -> str:
+    """The shmpiped image's base: Debian with Python."""
+    return debootstrap_image(f"{PREFIX}-base", BASE_PACKAGES, recipe_version=BASE_RECIPE_VERSION)
+
+
+def require_host_python(image: str) -> None:
+    """The wheels built on this host must suit ``image``'s Python."""
+    image_python = docker("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c",
+                          "import sys; print('%d.%d' % sys.version_info[:2])", timeout=60).stdout.strip()
+    host_python = "%d.%d" % sys.version_info[:2]
+    if image_python != host_python:
+        raise Unavailable(f"{image} has Python {image_python} but the host wheels are for {host_python}: "
+                          f"run the tests with python{image_python}")
+
+
+# ---------------------------------------------------------------------- images built on a base
+
+
+def source_files(*names: str) -> list[Path]:
+    """The files of ``names`` (files or folders of the checkout), relative to it, in a stable order."""
+    found = []
+    for name in names:
+        path = REPO / name
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        found += [p.relative_to(REPO) for p in paths if not any(part.endswith(SKIPPED) for part in p.parts)]
+    return found
+
+
+def copy_sources(names: Iterable[str], destination: Path) -> None:
+    for relative in source_files(*names):
+        (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / relative, destination / relative)
+
+
+def content_tag(repository: str, base: str, names: Iterable[str]) -> str:
+    """``repository:DIGEST`` of the base, this Python and the files of ``names``."""
+    digest = hashlib.sha256(f"{base}\0{sys.version_info[:2]}\0".encode())
+    for relative in source_files(*names):
+        digest.update(str(relative).encode() + b"\0" + (REPO / relative).read_bytes() + b"\0")
+    return f"{repository}:{digest.hexdigest()[:12]}"
+
+
+def project_requirements(*extras: str) -> list[str]:
+    """shmpiped's dependencies (and those of ``extras``) as pyproject.toml declares them."""
+    import tomllib  # Python 3.11+, as the images' Python; imported here so that 3.10 can still collect
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *(r for extra in extras for r in project["optional-dependencies"][extra])]
+
+
+def pip(*args: str) -> None:
+    run([sys.executable, "-m", "pip", *args], timeout=900, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+
+
+def cached_wheels(requirements: list[str]) -> Path:
+    """Wheels of ``requirements`` and their dependencies for this Python, downloaded once per machine."""
+    key = hashlib.sha256(json.dumps([sys.version_info[:2], sorted(requirements)]).encode()).hexdigest()[:12]
+    folder = WHEEL_CACHE / f"py{sys.version_info[0]}.{sys.version_info[1]}-{key}"
+    with machine_lock("wheels"):
+        if not folder.is_dir():
+            WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=WHEEL_CACHE))
+            try:
+                pip("wheel", "-q", "--only-binary=:all:", "--wheel-dir", str(partial), *requirements)
+            except BaseException:
+                shutil.rmtree(partial)
+                raise
+            partial.rename(folder)  # complete or absent
+    return folder
+
+
+def build_wheelhouse(wheelhouse: Path, scratch: Path, extras: tuple[str, ...] = ()) -> None:
+    """shmpiped's wheel (built from a copy of the tree: the checkout is not touched) and its requirements'."""
+    copy_sources(WHEEL_SOURCES, scratch / "source")
+    pip("wheel", "-q", "--no-deps", "--wheel-dir", str(wheelhouse), str(scratch / "source"))
+    for wheel in cached_wheels(project_requirements(*extras)).glob("*.whl"):
+        shutil.copy2(wheel, wheelhouse / wheel.name)
+
+
+def build_cached_image(tag: str, make_context: Callable[[Path], Path], build_args: dict[str, str]) -> str:
+    """``docker build`` of the context that ``make_context(scratch)`` makes, unless ``tag`` exists.
+
+    ``tag`` names the content (``content_tag``): a new image replaces the older ones of its
+    repository.  The legacy builder keeps every step as an untagged image; those the image does
+    not stand on (the builder stage's) are removed, as they would only pile up.
+    """
+    if image_exists(tag):
+        return tag
+    with machine_lock("image-build"):
+        if image_exists(tag):
+            return tag
+        with tempfile.TemporaryDirectory(prefix="shmpiped-tests-context-") as scratch:
+            context = make_context(Path(scratch))
+            log = Path(scratch) / "docker-build.log"
+            args = [f"--build-arg={name}={value}" for name, value in build_args.items()]
+            with open(log, "w") as out:
+                done = subprocess.run(
+                    ["docker", "build", "--force-rm", "--tag", tag, "--label", f"{tag.split(':')[0]}=test-image",
+                     *args, str(context)], stdout=out, stderr=subprocess.STDOUT, timeout=1200)
+            output = log.read_text()
+        for layer in reversed(re.findall(r"^ ---> ([0-9a-f]{12})$", output, flags=re.MULTILINE)):
+            untagged = docker("image", "inspect", "--format", "{{len .RepoTags}}", layer, check=False, timeout=30)
+            if untagged.stdout.strip() == "0":
+                docker("image", "rm", layer, check=False, timeout=120)  # refused for the image's own parents
+        if done.returncode != 0:
+            raise RuntimeError(f"docker build of {tag} failed ({done.returncode}):\n{output[-5000:]}")
+        remove_older_images(tag)
+    return tag
+
+
+def remove_older_images(keep: str) -> None:
+    """Earlier images of ``keep``'s repository (a tree that has changed since), unless a container uses them."""
+    repository = keep.split(":")[0]
+    listed = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository, check=False, timeout=30)
+    for tag in listed.stdout.split():
+        if tag != keep and tag.startswith(f"{repository}:"):
+            docker("image", "rm", tag, check=False, timeout=120)
 
 
 # ---------------------------------------------------------------------- the shmpiped image
 
 
-def prepare_context(directory: Path) -> Path:
-    """A build context as a user makes it: the project, plus wheelhouse/ built on this host."""
-    context = directory / "context"
-    shutil.copytree(REPO, context, ignore=CONTEXT_IGNORE)
-    wheelhouse = context / "wheelhouse"
-    wheelhouse.mkdir()
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    for args in (["wheel", "-q", "--no-deps", "--wheel-dir", str(wheelhouse), str(context)],
-                 ["wheel", "-q", "--only-binary=:all:", "--wheel-dir", str(wheelhouse), *RUNTIME_DEPENDENCIES]):
-        done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env,
-                              timeout=600)
-        if done.returncode != 0:
-            raise RuntimeError(f"pip {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    shutil.rmtree(context / "build", ignore_errors=True)
-    return context
+def build_image(base: str) -> str:
+    """The project's Dockerfile on ``base`` with its defaults (GPU=1: cupy-cuda12x), offline."""
 
+    def make_context(scratch: Path) -> Path:
+        require_host_python(base)
+        context = scratch / "context"
+        copy_sources(CONTEXT_FILES, context)
+        build_wheelhouse(context / "wheelhouse", scratch, extras=("gpu",))
+        return context
 
-BUILT_LAYERS: list[str] = []  # intermediate images of this session's build (the legacy builder keeps them)
-
-
-def build_image(base: str, directory: Path) -> str:
-    """``docker build`` of the project's Dockerfile on ``base``, offline, CPU only."""
-    host_python = "%d.%d" % sys.version_info[:2]
-    base_python = python_version_of(base)
-    if base_python != host_python:
-        raise DockerUnavailable(f"the base image has Python {base_python} but the host wheels are for "
-                                f"{host_python}: run the tests with python{base_python}")
-    context = prepare_context(directory)
-    tag = f"{PREFIX}:{SESSION}"
-    log = directory / "docker-build.log"
-    with open(log, "w") as out:
-        done = subprocess.run(
-            ["docker", "build", "--force-rm", "--file", str(context / "Dockerfile"), "--tag", tag,
-             "--label", f"shmpiped.test-session={SESSION}",
-             "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "WHEELHOUSE=wheelhouse",
-             "--build-arg", "GPU=0", str(context)],
-            stdout=out, stderr=subprocess.STDOUT, timeout=900)
-    output = log.read_text()
-    BUILT_LAYERS.extend(re.findall(r"^ ---> ([0-9a-f]{12})$", output, flags=re.MULTILINE))
-    if done.returncode != 0:
-        remove_image(tag)
-        raise RuntimeError(f"docker build failed ({done.returncode}):\n{output[-5000:]}")
-    return tag
-
-
-def remove_image(tag: str) -> None:
-    """Remove the session's image and the untagged intermediate images its build left.
-
-    The legacy builder keeps the builder stage's images as its cache; an unchanged source
-    would reuse them, but the wheel's bytes change with the build directory, so they would
-    only pile up.  Tagged images (the base) are never touched.
-    """
-    docker("image", "rm", tag, check=False, timeout=120)
-    for layer in reversed(BUILT_LAYERS):
-        tags = docker("image", "inspect", "--format", "{{len .RepoTags}}", layer, check=False, timeout=30)
-        if tags.returncode == 0 and tags.stdout.strip() == "0":
-            docker("image", "rm", layer, check=False, timeout=120)
-    BUILT_LAYERS.clear()
+    tag = content_tag(PREFIX, base, CONTEXT_FILES)
+    return build_cached_image(tag, make_context, {"BASE_IMAGE": base, "WHEELHOUSE": "wheelhouse"})
 
 
 # ---------------------------------------------------------------------- containers
@@ -284,8 +372,8 @@ def inspect(container) -> dict:
     return wrapped.attrs
 
 
-def logs(container) -> str:
-    return container.get_wrapped_container().logs().decode(errors="replace")
+def logs(container, stdout: bool = True, stderr: bool = True) -> str:
+    return container.get_wrapped_container().logs(stdout=stdout, stderr=stderr).decode(errors="replace")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2, describe=lambda: ""):

@@ -8,7 +8,8 @@ units are verified through a temporary copy whose ExecStart= names the
 The container test boots ``/lib/systemd/systemd`` as PID 1 in an unprivileged
 container (``--cgroupns=host``, the host's ``/sys/fs/cgroup`` mounted
 read-write, tmpfs on ``/run``, ``/run/lock`` and ``/tmp``).  No registry is
-reachable, so its image is made here, in two steps, both cached by tag:
+reachable, so its image is made here, in two steps, both cached by tag, with the
+Docker helpers of tests/docker_support.py:
 
 - the base: ``debootstrap`` of Debian bookworm (Python 3.11, as on the test
   machine) with systemd, dbus and Python, ``docker import``-ed (once per
@@ -27,58 +28,38 @@ the reason, except under ``CI=true``, where they fail (CI installs both with
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import pytest
+from . import docker_support
+from .docker_support import (
+    REPO,
+    SESSION,
+    WHEEL_SOURCES,
+    Unavailable,
+    build_cached_image,
+    build_wheelhouse,
+    content_tag,
+    debootstrap_image,
+    docker,
+    require_host_python,
+    run,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "deploy" / "systemd"
-TEST_IMAGE = UNITS / "test-image"
 PREFIX = "shmpiped-systest"
-SESSION = uuid.uuid4().hex[:8]
-
-BASE_SUITE = "bookworm"
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "ca-certificates")
 BASE_RECIPE_VERSION = 1  # bump when the base recipe changes: the tag is derived from it
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-LOCK = Path(tempfile.gettempdir()) / "shmpiped-systest-image.lock"
-RUNTIME_DEPENDENCIES = ("numpy>=1.24", "pyyaml>=6.0", "click>=8.1", "prometheus-client>=0.17")
-# What the shmpiped wheel is built from (the tag of the test image hashes these too).
-WHEEL_SOURCES = ("pyproject.toml", "setup.py", "README.md", "shmpiped")
 
-
-class Unavailable(Exception):
-    """A tool these tests need cannot be used here; the message says why."""
-
-
-def unavailable(reason: str):
-    """Skip with ``reason``, or fail under CI=true, where .ci/install-systemd.sh provides everything."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"systemd tests cannot run under CI: {reason}", pytrace=False)
-    pytest.skip(f"systemd tests: {reason}")
-
-
-def run(command: list[str], *, timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
-    except FileNotFoundError:
-        raise Unavailable(f"{command[0]} is not installed (.ci/install-systemd.sh installs it)") from None
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done
+unavailable = functools.partial(docker_support.unavailable, suite="systemd tests")
 
 
 # ---------------------------------------------------------------------- systemd-analyze verify
@@ -113,168 +94,33 @@ def systemd_analyze_verify(*paths: Path) -> subprocess.CompletedProcess:
                env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""})
 
 
-# ---------------------------------------------------------------------- Docker
-
-
-def docker(*args: str, timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    return run(["docker", *args], timeout=timeout, check=check, **kwargs)
-
-
-def check_engine() -> None:
-    if shutil.which("docker") is None:
-        raise Unavailable("the docker command is not installed (.ci/install-systemd.sh installs docker.io)")
-    try:
-        info = docker("info", "--format", "{{json .ServerVersion}}", timeout=30, check=False)
-    except subprocess.TimeoutExpired:
-        raise Unavailable("`docker info` did not answer within 30 s") from None
-    if info.returncode != 0 or info.stdout.strip() in ("", '""'):
-        raise Unavailable(f"no Docker engine answers (`docker info`: {info.stderr.strip()[-300:]}); "
-                          "start one with .ci/install-systemd.sh")
-
-
-def image_exists(tag: str) -> bool:
-    return docker("image", "inspect", tag, check=False, timeout=30).returncode == 0
-
-
-@contextlib.contextmanager
-def machine_lock():
-    """One image build at a time on this machine (two sessions may start together)."""
-    with open(LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def base_image_tag() -> str:
-    recipe = json.dumps([BASE_SUITE, sorted(BASE_PACKAGES), BASE_RECIPE_VERSION, "minbase"])
-    return f"{PREFIX}-base:{BASE_SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}"
+# ---------------------------------------------------------------------- the image
 
 
 def build_base_image() -> str:
     """Debian with systemd and Python, made by debootstrap (kept: later sessions find it by tag)."""
-    tag = base_image_tag()
-    if image_exists(tag):
-        return tag
-    with machine_lock():
-        if image_exists(tag):
-            return tag
-        if shutil.which("debootstrap") is None:
-            raise Unavailable("debootstrap is not installed (.ci/install-systemd.sh installs it)")
-        if os.geteuid() != 0:
-            raise Unavailable("building the systemd base image with debootstrap needs root")
-        mirror = os.environ.get("SHMPIPED_TEST_DEBIAN_MIRROR", DEFAULT_MIRROR)
-        with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-rootfs-") as scratch:
-            rootfs = Path(scratch) / "rootfs"
-            log = Path(scratch) / "debootstrap.log"
-            with open(log, "w") as out:
-                done = subprocess.run(
-                    ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-                     BASE_SUITE, str(rootfs), mirror], stdout=out, stderr=subprocess.STDOUT, timeout=1200)
-            if done.returncode != 0:  # most often: the Debian mirror is out of reach
-                raise Unavailable(f"debootstrap of the systemd base image failed ({done.returncode}; mirror "
-                                  f"{mirror}, SHMPIPED_TEST_DEBIAN_MIRROR overrides it):\n{log.read_text()[-2000:]}")
-            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-                for entry in (rootfs / cache).glob("*"):
-                    if entry.is_file():
-                        entry.unlink()
-            tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-            imported = subprocess.run(
-                ["docker", "import",
-                 "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                 "--change", "ENV LANG=C.UTF-8",
-                 "--change", 'CMD ["/lib/systemd/systemd"]',
-                 "-", tag], stdin=tar.stdout, capture_output=True, text=True, timeout=600)
-            tar.stdout.close()
-            tar.wait()
-            if imported.returncode != 0 or tar.returncode != 0:
-                raise RuntimeError(f"docker import failed: {imported.stderr}")
-    return tag
-
-
-def _tree_digest(digest, root: Path, relative: Path) -> None:
-    path = root / relative
-    if path.is_dir():
-        for child in sorted(path.iterdir()):
-            if child.name == "__pycache__" or child.suffix in (".pyc", ".so"):
-                continue
-            _tree_digest(digest, root, relative / child.name)
-    elif path.is_file():
-        digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
-
-
-def image_tag_for(base: str) -> str:
-    """The test image's tag: a digest of its base, the wheel's sources and deploy/systemd/."""
-    digest = hashlib.sha256(f"{base}\0{sys.version_info[:2]}\0{RUNTIME_DEPENDENCIES}\0".encode())
-    for relative in (*WHEEL_SOURCES, "deploy/systemd"):
-        _tree_digest(digest, REPO, Path(relative))
-    return f"{PREFIX}:{digest.hexdigest()[:12]}"
-
-
-def build_wheelhouse(wheelhouse: Path, scratch: Path) -> None:
-    """shmpiped's wheel (built from a copy of the tree, so the checkout is not touched) and its deps."""
-    source = scratch / "source"
-    source.mkdir()
-    for relative in WHEEL_SOURCES:
-        path = REPO / relative
-        if path.is_dir():
-            shutil.copytree(path, source / relative,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
-        else:
-            shutil.copy2(path, source / relative)
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    for args in (["wheel", "-q", "--no-deps", "--wheel-dir", str(wheelhouse), str(source)],
-                 ["wheel", "-q", "--only-binary=:all:", "--wheel-dir", str(wheelhouse), *RUNTIME_DEPENDENCIES]):
-        done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env,
-                              timeout=600)
-        if done.returncode != 0:
-            raise RuntimeError(f"pip {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return debootstrap_image(f"{PREFIX}-base", BASE_PACKAGES, command="/lib/systemd/systemd",
+                             recipe_version=BASE_RECIPE_VERSION)
 
 
 def build_test_image() -> str:
     """The image the systemd container runs (see the module docstring); cached by content."""
     base = build_base_image()
-    tag = image_tag_for(base)
-    if image_exists(tag):
-        return tag
-    with machine_lock():
-        if image_exists(tag):
-            return tag
-        base_python = docker("run", "--rm", "--network", "none", base, "python3", "-c",
-                             "import sys; print('%d.%d' % sys.version_info[:2])", timeout=60).stdout.strip()
-        host_python = "%d.%d" % sys.version_info[:2]
-        if base_python != host_python:
-            raise Unavailable(f"the systemd test image has Python {base_python}, the host wheels would be for "
-                              f"{host_python}: run these tests with python{base_python}")
-        with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-context-") as scratch:
-            scratch = Path(scratch)
-            context = scratch / "context"
-            shutil.copytree(TEST_IMAGE, context, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            units = context / "units"
-            units.mkdir()
-            for unit in UNITS.iterdir():
-                if unit.is_file():
-                    shutil.copy2(unit, units / unit.name)
-            build_wheelhouse(context / "wheelhouse", scratch)
-            log = scratch / "docker-build.log"
-            with open(log, "w") as out:
-                done = subprocess.run(
-                    ["docker", "build", "--force-rm", "--rm", "--tag", tag, "--label", f"{PREFIX}=test-image",
-                     "--build-arg", f"BASE_IMAGE={base}", str(context)],
-                    stdout=out, stderr=subprocess.STDOUT, timeout=900)
-            if done.returncode != 0:
-                raise RuntimeError(f"docker build of the systemd test image failed:\n{log.read_text()[-5000:]}")
-        remove_older_test_images(keep=tag)
-    return tag
 
+    def make_context(scratch: Path) -> Path:
+        require_host_python(base)
+        context = scratch / "context"
+        shutil.copytree(UNITS / "test-image", context, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        units = context / "units"
+        units.mkdir()
+        for unit in UNITS.iterdir():
+            if unit.is_file():
+                shutil.copy2(unit, units / unit.name)
+        build_wheelhouse(context / "wheelhouse", scratch)
+        return context
 
-def remove_older_test_images(keep: str) -> None:
-    """Earlier test images of this module (a tree that has changed since): only ours, never in use."""
-    listed = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", PREFIX, check=False, timeout=30)
-    for tag in listed.stdout.split():
-        if tag != keep and tag.startswith(f"{PREFIX}:"):
-            docker("image", "rm", tag, check=False, timeout=120)  # refused while a container uses it
+    tag = content_tag(PREFIX, base, (*WHEEL_SOURCES, "deploy/systemd"))
+    return build_cached_image(tag, make_context, {"BASE_IMAGE": base})
 
 
 # ---------------------------------------------------------------------- a systemd container

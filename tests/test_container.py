@@ -1,9 +1,12 @@
 """The container image, run in a real Docker engine.
 
-The image is built from the project's Dockerfile on a locally made Debian base
-(no registry is reachable), offline, from a wheelhouse built on this host: see
-tests/docker_support.py.  Without a usable engine these tests skip, and fail
-under CI=true.
+The image is built from the project's Dockerfile with its defaults, so with the
+GPU extra (cupy-cuda12x) as users get it, on a locally made Debian base (no
+registry is reachable), offline, from a wheelhouse built on this host: see
+tests/docker_support.py.  One image serves every test.  There is no GPU here, as
+on most CI machines: the image's CuPy imports, and a pipeline with GPU streams
+is refused with exit 78; everything else runs on the CPU.  Without a usable
+engine these tests skip, and fail under CI=true.
 """
 
 from __future__ import annotations
@@ -20,15 +23,15 @@ from .conftest import run_python, segments_of
 from .daemon_support import metric_value
 from .docker_support import (
     Containers,
-    DockerUnavailable,
+    Unavailable,
     build_base_image,
     build_image,
     check_engine,
+    check_testcontainers,
     docker,
     host_port,
     inspect,
     logs,
-    remove_image,
     unavailable,
     wait_healthy,
     wait_until,
@@ -39,15 +42,14 @@ CONTAINER_UID = 10001
 
 
 @pytest.fixture(scope="session")
-def shmpiped_image(tmp_path_factory):
+def shmpiped_image():
+    """The image, built once per tree and kept (see tests/docker_support.py)."""
     try:
         check_engine()
-        base = build_base_image()
-        tag = build_image(base, tmp_path_factory.mktemp("docker-image"))
-    except DockerUnavailable as exc:
+        check_testcontainers()
+        return build_image(build_base_image())
+    except Unavailable as exc:
         unavailable(str(exc))
-    yield tag
-    remove_image(tag)
 
 
 @pytest.fixture
@@ -276,3 +278,34 @@ def test_invalid_yaml_exits_78(tmp_path, containers):
     check = containers.start("validate", pipeline=pipeline, health_interval_s=None,
                              command=["validate", "/etc/shmpiped/pipeline.yaml"])
     assert check.get_wrapped_container().wait(timeout=60)["StatusCode"] == 78
+
+
+# ---------------------------------------------------------------------- the GPU extra, with no GPU
+
+
+def test_cupy_imports_as_the_non_root_user(containers):
+    probe = ("import json, os, cupy; "
+             "print(json.dumps({'uid': os.getuid(), 'version': cupy.__version__, 'path': cupy.__file__}))")
+    container = containers.start("cupy", health_interval_s=None, command=["python", "-c", probe])
+    assert container.get_wrapped_container().wait(timeout=60)["StatusCode"] == 0, logs(container)
+    report = json.loads(logs(container, stderr=False))
+    assert report["uid"] == CONTAINER_UID
+    assert int(report["version"].split(".")[0]) >= 13, report
+    assert report["path"].startswith("/opt/shmpiped/"), report
+
+
+def test_gpu_pipeline_without_a_gpu_exits_78(tmp_path, containers):
+    # As `docker run` on a host with no GPU (or without --gpus all): CuPy is there, no device is.
+    pipeline = write_pipeline(tmp_path / "pipeline.yaml", """\
+        namespace: gpu
+        shared_memory:
+          - {name: frames, shape: [4], dtype: float32, storage: gpu, gpu_device: "cuda:0"}
+          - {name: copied, shape: [4], dtype: float32, storage: gpu, gpu_device: "cuda:0"}
+        kernels:
+          - {name: copy, kind: gpu.copy, input: frames, output: copied}
+        """)
+    container = containers.start("gpu", pipeline=pipeline, health_interval_s=None)
+    status = container.get_wrapped_container().wait(timeout=60)["StatusCode"]
+    stderr = logs(container, stdout=False)
+    assert status == 78, f"exit {status}:\n{logs(container)}"
+    assert "no CUDA device is usable" in stderr, stderr

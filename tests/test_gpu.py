@@ -132,7 +132,7 @@ def test_a_gpu_pipeline_without_a_gpu_fails_validation_naming_what_is_missing(no
     assert result.returncode == 78
     output = result.stdout + result.stderr
     reason = no_gpu_reason
-    assert (f"shared memory 'frames', 'scaled', 'flat', 'matrix', 'offset', 'commands' have storage: gpu, "
+    assert (f"shared memory 'frames', 'scaled', 'flat', 'matrix', 'offset', 'commands' have storage: gpu on cuda:0, "
             f"but {reason} (in {path}, line 3)") in output
     assert f"kernel kind 'gpu.scale' needs a usable GPU, but {reason} (in {path}, line 17)" in output
 

@@ -31,12 +31,11 @@ from pathlib import Path
 
 import pytest
 
+from .docker_support import Unavailable, check_engine
 from .systemd_support import (
     UNITS,
     SystemdContainer,
-    Unavailable,
     build_test_image,
-    check_engine,
     shmpiped_executable,
     systemd_analyze_verify,
     unavailable,
