@@ -977,13 +977,16 @@ def _shutdown_at_exit(manager: PipelineManager) -> None:
     atexit.register(hook)
 
 
-def attach(name: str, namespace: str | None = None, *, readonly: bool = False) -> Stream:
+def attach(name: str, namespace: str | None = None, *, readonly: bool = False,
+           gpu_device: str | bool | None = None) -> Stream:
     """Attach to a stream of a running pipeline by its logical name.
 
     External camera, mirror or analysis processes use this to write a source
     stream or read any stream: ``shmpiped.attach("frames", namespace="ao")``.
+    A GPU stream is read through its CPU mirror, or, with ``gpu_device``
+    (its device, or True), through its device memory as CuPy arrays.
     """
-    return Stream.attach(name, namespace, readonly=readonly)
+    return Stream.attach(name, namespace, readonly=readonly, gpu_device=gpu_device)
 
 
 __all__ = ["PipelineManager", "PipelineState", "WorkerHandle", "attach", "remove_stale_segments"]

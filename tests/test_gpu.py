@@ -188,9 +188,8 @@ def test_device_memory_is_shared_between_processes(gpu, namespace):
         assert type(stream).__name__ == "DeviceStream" and not stream.cpu_mirror
         stream.write(np.arange(12).reshape(4, 3))
         code = textwrap.dedent(f"""\
-            import numpy as np
-            from shmpiped.shm import Stream
-            stream = Stream.attach("frames", {namespace!r}, gpu_device="cuda:0")
+            import shmpiped
+            stream = shmpiped.attach("frames", namespace={namespace!r}, gpu_device="cuda:0")
             print(float(stream.read_host().sum()), stream.frame_id)
             view = stream.next_slot()
             view[...] = stream.xp.full(view.shape, 7, view.dtype)
