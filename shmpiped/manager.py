@@ -40,6 +40,7 @@ from .errors import (
     WorkerProcessError,
 )
 from .graph import PipelineGraph
+from .kernels.linear import BLAS_THREAD_VARIABLES, blas_threads
 from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpus
 from .shm import layout
 from .shm.stream import Stream
@@ -303,10 +304,12 @@ class PipelineManager:
             telemetry=self.telemetry,
         )
         payload = pickle.dumps(spec)
+        threads = str(blas_threads(kernel))
         process = subprocess.Popen(
             [sys.executable, "-m", "shmpiped.worker", kernel.name],
             stdin=subprocess.PIPE,
             close_fds=True,
+            env={**os.environ, **dict.fromkeys(BLAS_THREAD_VARIABLES, threads)},
         )
         try:
             process.stdin.write(payload)

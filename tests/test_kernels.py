@@ -373,7 +373,7 @@ class TestAffineTransform:
                          {"z": np.array([[1.0, 0.0], [0.0, 2.0]]), "a": np.array([10.0, 20.0])})
         assert result.tolist() == [11.0, 24.0]
 
-    def test_blas_threads_without_threadpoolctl_is_accepted(self):
+    def test_blas_threads_is_kept_for_the_worker_environment(self):
         kernel = build_kernel("cpu.affine_transform", affine_layouts(), auxiliary=("A", "b"),
                               parameters={"blas_threads": 2})
         assert kernel.blas_threads == 2

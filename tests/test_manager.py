@@ -488,3 +488,21 @@ def test_custom_placement_policy_pins_the_worker(namespace, manager_factory):
     assert worker["cpu_slot"] == cpu
     assert os.sched_getaffinity(worker["pid"]) == {cpu}
     assert m.status()["placement_policy"] == "last-cpu"
+
+
+def test_workers_get_their_blas_thread_count_before_numpy_loads(namespace, manager_factory):
+    """A worker is pinned to one CPU: BLAS threads beyond `blas_threads` (1 by default) only jitter."""
+    streams = [stream("x", (8,)), stream("A", (4, 8)), stream("b", (4,)), stream("y", (4,)), stream("z", (8,))]
+    kernels = [
+        {"name": "affine", "kind": "cpu.affine_transform", "input": "x", "output": "y", "auxiliary": ["A", "b"],
+         "parameters": {"blas_threads": 3}},
+        {"name": "copy", "kind": "cpu.copy", "input": "x", "output": "z"},
+    ]
+    manager = manager_factory(pipeline(namespace, streams, kernels))
+    manager.build()
+    manager.start(wait=True)
+    for name, threads in (("affine", "3"), ("copy", "1")):
+        with open(f"/proc/{manager.workers[name].pid}/environ", "rb") as handle:
+            environ = dict(item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item)
+        for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            assert environ[variable.encode()] == threads.encode()

@@ -16,17 +16,20 @@ from shmpiped.kernels.checks import (
 )
 
 
-def limit_blas_threads(count: int):
-    """Cap the BLAS thread pool of this process at ``count`` when threadpoolctl is installed.
+def blas_threads(kernel_config) -> int:
+    """BLAS threads of a kernel's worker process: its ``blas_threads`` parameter, 1 by default.
 
-    threadpoolctl is optional (not a dependency): without it the setting is
-    ignored and BLAS keeps its own default. Returns the limiter, or None.
+    One by default because a worker is pinned to one CPU, where more BLAS
+    threads only take turns with the loop (milliseconds of jitter on large
+    matrices).  The manager starts the worker with OPENBLAS_NUM_THREADS,
+    OMP_NUM_THREADS and MKL_NUM_THREADS set to it, before NumPy loads BLAS.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=count, user_api="blas")
+    value = kernel_config.parameters.get("blas_threads", 1)
+    return value if isinstance(value, int) and value > 0 else 1  # an invalid value fails validation
+
+
+#: The variables through which OpenBLAS, OpenMP and MKL builds of NumPy take their thread count.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class AffineTransformKernel(Kernel):
@@ -78,8 +81,7 @@ class AffineTransformKernel(Kernel):
         super().__init__(context)
         self._matrix_alias = context.config.auxiliary[0].alias
         self._offset_alias = context.config.auxiliary[1].alias
-        self.blas_threads = int(context.config.parameters.get("blas_threads", 1))
-        self._blas_limiter = limit_blas_threads(self.blas_threads) if self.storage == "cpu" else None
+        self.blas_threads = blas_threads(context.config)  # applied by the manager to the worker's environment
 
     def compute_into(self, trigger_input, output, auxiliary_inputs) -> None:
         xp = self.xp
