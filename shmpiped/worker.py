@@ -11,7 +11,8 @@ nothing and sends no message per frame.
 Exec time is measured from just before the kernel call to just after the
 last output is published: kernel and publication, never waiting.  A GPU
 kernel (``storage = "gpu"``) runs on the device of its primary output with
-its streams' device memory; its exec time is the device time of its work,
+its streams' device memory (CPU input streams are uploaded to a device buffer
+when they change); its exec time is the device time of its work,
 from CUDA events recorded around the kernel call, and the loop waits for
 that work to finish before it checks the inputs were not lapped and
 publishes.
@@ -32,7 +33,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from .shm import device, layout
-from .shm.stream import Stream
+from .shm.stream import HostStreamOnDevice, Stream
 from .shm.telemetry import NamespaceBlock
 
 PARENT_CHECK_NS = 250_000_000
@@ -102,14 +103,16 @@ def run(spec: WorkerSpec) -> int:
             timer = backend.timer()
         kernel = registry.create(config, spec.shared_memory, config_base_dir=spec.config_base_dir)
 
-        def attach(name: str) -> Stream:
+        def attach(name: str, is_input: bool = True) -> Stream:
             stream = Stream.attach(name, spec.namespace, gpu_device=gpu_device)
+            if is_input and gpu_device is not None and stream.storage == "cpu":
+                stream = HostStreamOnDevice(stream, backend)  # a GPU kernel reading a CPU stream
             streams.append(stream)
             return stream
 
         triggers = [attach(name) for name in config.inputs]
         auxiliaries = {binding.alias: attach(binding.name) for binding in config.auxiliary}
-        outputs = [attach(name) for name in config.outputs]
+        outputs = [attach(name, is_input=False) for name in config.outputs]
         for stream in triggers:
             stream.set_wait_strategy(spec.wait_strategy)
         loop = HotLoop(config, kernel, triggers, auxiliaries, outputs, block, record, spec, timer)

@@ -316,3 +316,33 @@ def test_kinds_lists_the_gpu_twins_or_says_why_not(no_gpu_reason):
     assert f"(the gpu.* kernel kinds are not available: {no_gpu_reason})" in without
     emulated = kinds({**os.environ, device.EMULATION_ENV: "1"})
     assert "  gpu.copy\n" in emulated and "  gpu.affine_transform\n" in emulated and "not available" not in emulated
+
+
+def test_a_gpu_kernel_reads_cpu_streams_uploaded_when_they_change(gpu, namespace, tmp_path, manager_factory):
+    """Camera and calibration on the host, reconstruction on the device, commands back through the mirror."""
+    path = tmp_path / "upload.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        namespace: {namespace}
+        shared_memory:
+          - {{name: slopes, shape: [64], dtype: float32}}
+          - {{name: matrix, shape: [16, 64], dtype: float32, initial: {{pattern: normal, seed: 2, std: 0.1}}}}
+          - {{name: offset, shape: [16], dtype: float32, initial: {{pattern: constant, value: 0.5}}}}
+          - {{name: commands, shape: [16], dtype: float32, storage: gpu, gpu_device: "cuda:0", cpu_mirror: true}}
+        kernels:
+          - {{name: reconstruct, kind: gpu.affine_transform, input: slopes, output: commands,
+              auxiliary: [matrix, offset]}}
+        """))
+    manager = manager_factory(str(path))
+    manager.build()
+    manager.start(wait=True)
+    slopes, matrix, commands = (manager.get_stream(n) for n in ("slopes", "matrix", "commands"))
+    offset = manager.get_stream("offset").read()
+    rng = np.random.default_rng(9)
+    for frame_id in range(1, 31):
+        if frame_id == 16:  # a new calibration mid-run: the next frame must use it
+            matrix.write(rng.standard_normal((16, 64)).astype(np.float32))
+        value = rng.standard_normal(64).astype(np.float32)
+        slopes.write(value, frame_id=frame_id)
+        wait_for(lambda fid=frame_id: commands.frame_id == fid, timeout=10)
+        np.testing.assert_allclose(commands.read(), matrix.read() @ value + offset, rtol=1e-4, atol=1e-5)
+    assert manager.status()["workers"]["reconstruct"]["frames_processed"] == 30

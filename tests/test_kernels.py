@@ -711,13 +711,15 @@ def test_gpu_twins_only_change_kind_and_storage():
                                   "__static_attributes__"}
 
 
-def test_gpu_twin_validation_requires_gpu_streams():
+def test_gpu_twin_validation_writes_gpu_streams_and_reads_either():
     from shmpiped.kernels.gpu import GpuScaleKernel
 
-    with pytest.raises(Exception) as caught:
-        GpuScaleKernel.validate_config(kernel_config("gpu.scale", parameters={"factor": 2}),
-                                       stream_specs({"x": ((3,), "float32"), "y": ((3,), "float32")}))
-    assert str(caught.value) == "kernel 'k' of kind 'gpu.scale' requires gpu shared memory for 'x'"
+    config = kernel_config("gpu.scale", parameters={"factor": 2})
+    with pytest.raises(ConfigValidationError) as caught:
+        GpuScaleKernel.validate_config(config, stream_specs({"x": ((3,), "float32"), "y": ((3,), "float32")}))
+    assert str(caught.value) == "kernel 'k' of kind 'gpu.scale' requires gpu shared memory for 'y'"
+    # A CPU input is uploaded to the device.
+    GpuScaleKernel.validate_config(config, stream_specs({"x": ((3,), "float32"), "y": ((3,), "float32", "gpu")}))
 
 
 # --------------------------------------------------------------------------- no allocation per frame

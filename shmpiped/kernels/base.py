@@ -133,7 +133,8 @@ class Kernel:
     def _check_storage(cls, config, shared_memory: Mapping[str, Any], inputs: tuple, outputs: tuple) -> None:
         """Every stream on the kernel's storage; a GPU kernel's on one device.
 
-        A CPU kernel may also read a GPU stream that keeps a CPU mirror.
+        Inputs may cross over: a CPU kernel reads a GPU stream that keeps a CPU
+        mirror, and a GPU kernel reads a CPU stream (uploaded when it changes).
         """
         device = shared_memory[outputs[0]].gpu_device if outputs else None
         for name in (*inputs, *outputs):
@@ -145,8 +146,8 @@ class Kernel:
                         f"{name!r} lives on {spec.gpu_device}: a GPU kernel's streams share one device"
                     )
                 continue
-            if cls.storage == "cpu" and name in inputs and spec.cpu_mirror:
-                continue  # read through the host mirror
+            if name in inputs and (cls.storage == "gpu" or spec.cpu_mirror):
+                continue  # uploaded to the device, or read through the host mirror
             hint = (" (give it `cpu_mirror: true` to read it from the CPU, or use a gpu.* kind)"
                     if cls.storage == "cpu" and name in inputs else "")
             raise ConfigValidationError(

@@ -198,6 +198,13 @@ class CudaBackend:
         return functools.partial(runtime.memcpyAsync, int(host_view.ctypes.data), int(device_view.data.ptr),
                                  host_view.nbytes, runtime.memcpyDeviceToHost, stream_ptr)
 
+    def copier_to_device(self, device_view, host_view: np.ndarray):
+        """A no-argument callable queueing the copy host_view -> device_view on the current stream."""
+        runtime = self._cupy.cuda.runtime
+        stream_ptr = self._cupy.cuda.get_current_stream().ptr
+        return functools.partial(runtime.memcpyAsync, int(device_view.data.ptr), int(host_view.ctypes.data),
+                                 host_view.nbytes, runtime.memcpyHostToDevice, stream_ptr)
+
     def pin(self, host_bytes: np.ndarray):
         """Page-lock host memory for fast async copies; returns the undo callable, None if refused."""
         runtime = self._cupy.cuda.runtime
@@ -305,6 +312,9 @@ class EmulatedBackend:
 
     def copier_to_host(self, host_view: np.ndarray, device_view):
         return functools.partial(np.copyto, host_view, device_view)
+
+    def copier_to_device(self, device_view, host_view: np.ndarray):
+        return functools.partial(np.copyto, device_view, host_view)
 
     def pin(self, host_bytes: np.ndarray):
         return None

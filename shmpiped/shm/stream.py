@@ -440,6 +440,45 @@ class DeviceStream(Stream):
         _LocalAllocations.release(key, self._allocation)
 
 
+class HostStreamOnDevice:
+    """A CPU stream read by a GPU kernel: the views it hands out are one device buffer, refilled
+    from the host slot (an async upload on the current CUDA stream) when the count changes.
+
+    It has the reader side of ``Stream`` (``count``, ``wait_once``, ``latest``,
+    ``view_of``, ``slot_metadata``, ``still_valid``...): everything but the
+    views is the host stream's.  The caller checks ``still_valid`` after its
+    device work is done, which covers the upload too.
+    """
+
+    def __init__(self, stream: Stream, backend):
+        self.stream = stream
+        self._buffer = backend.xp.zeros(stream.shape, stream.dtype)
+        self._uploads = tuple(backend.copier_to_device(self._buffer, host) for host in stream.slot_views)
+        self._unpin = backend.pin(stream.segment.bytes[layout.HEADER_SIZE:])
+        self._uploaded = 0
+        self.slot_views = (self._buffer,) * stream.nslots
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def view_of(self, count: int):
+        if count != self._uploaded:
+            self._uploads[(count - 1) % self.stream.nslots]()
+            self._uploaded = count
+        return self._buffer
+
+    def latest(self):
+        count = self.stream.count
+        return (count, self.view_of(count)) if count else (0, None)
+
+    def close(self) -> None:
+        if self._unpin is not None:
+            self._unpin()
+            self._unpin = None
+        self.slot_views = ()
+        self.stream.close()
+
+
 def _attach_device_memory(segment: Segment, name: str, gpu_device):
     """(backend, allocation) of a GPU stream's payload ring, mapped into this process."""
     recorded = segment.header_str(layout.H_GPU_DEVICE)
