@@ -36,12 +36,6 @@ import numpy as np
 from ..config import gpu_device_index
 
 EMULATION_ENV = "SHMPIPED_GPU_EMULATION"
-HANDLE_SIZE = 64
-GPU_EXTRA_HINT = "install the GPU extra: pip install 'shmpiped[gpu]'"
-
-
-def emulation_requested() -> bool:
-    return os.environ.get(EMULATION_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -67,12 +61,12 @@ class GpuStatus:
 @functools.lru_cache(maxsize=1)
 def gpu_status() -> GpuStatus:
     """Probe once per process (``gpu_status.cache_clear()`` probes again)."""
-    if emulation_requested():
+    if os.environ.get(EMULATION_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         return GpuStatus(True, "emulated", EmulatedBackend.DEVICE_COUNT, "")
     try:
         import cupy
     except ImportError:
-        return GpuStatus(False, "", 0, f"CuPy is not installed ({GPU_EXTRA_HINT})")
+        return GpuStatus(False, "", 0, "CuPy is not installed (install the GPU extra: pip install 'shmpiped[gpu]')")
     except Exception as exc:  # noqa: BLE001 - a broken CuPy install
         return GpuStatus(False, "", 0, f"CuPy cannot be imported ({type(exc).__name__}: {exc})")
     try:
@@ -191,19 +185,19 @@ class CudaBackend:
     def synchronize(self) -> None:
         self._cupy.cuda.get_current_stream().synchronize()
 
-    def copier_to_host(self, host_view: np.ndarray, device_view):
-        """A no-argument callable queueing the copy device_view -> host_view on the current stream."""
+    def _copier(self, destination: int, source: int, nbytes: int, kind: int):
+        """A no-argument callable queueing one copy on the current CUDA stream (no work per call but it)."""
         runtime = self._cupy.cuda.runtime
-        stream_ptr = self._cupy.cuda.get_current_stream().ptr
-        return functools.partial(runtime.memcpyAsync, int(host_view.ctypes.data), int(device_view.data.ptr),
-                                 host_view.nbytes, runtime.memcpyDeviceToHost, stream_ptr)
+        return functools.partial(runtime.memcpyAsync, destination, source, nbytes, kind,
+                                 self._cupy.cuda.get_current_stream().ptr)
+
+    def copier_to_host(self, host_view: np.ndarray, device_view):
+        return self._copier(int(host_view.ctypes.data), int(device_view.data.ptr), host_view.nbytes,
+                            self._cupy.cuda.runtime.memcpyDeviceToHost)
 
     def copier_to_device(self, device_view, host_view: np.ndarray):
-        """A no-argument callable queueing the copy host_view -> device_view on the current stream."""
-        runtime = self._cupy.cuda.runtime
-        stream_ptr = self._cupy.cuda.get_current_stream().ptr
-        return functools.partial(runtime.memcpyAsync, int(device_view.data.ptr), int(host_view.ctypes.data),
-                                 host_view.nbytes, runtime.memcpyHostToDevice, stream_ptr)
+        return self._copier(int(device_view.data.ptr), int(host_view.ctypes.data), host_view.nbytes,
+                            self._cupy.cuda.runtime.memcpyHostToDevice)
 
     def pin(self, host_bytes: np.ndarray):
         """Page-lock host memory for fast async copies; returns the undo callable, None if refused."""
