@@ -30,9 +30,7 @@ import time
 import weakref
 from enum import Enum
 
-import numpy as np
-
-from . import health
+from . import health, measure
 from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
 from .errors import (
     ConfigValidationError,
@@ -787,9 +785,7 @@ class PipelineManager:
     # ------------------------------------------------------------------ benchmark
     def terminal_streams(self) -> list[str]:
         """Kernel primary outputs that nothing in the pipeline reads."""
-        read = {n for k in self.config.kernels for n in k.all_inputs}
-        read |= {n for s in self.config.sinks for n in (s.stream, *s.auxiliary_names)}
-        return [k.output for k in self.config.kernels if k.output not in read]
+        return measure.terminal_streams(self.config)
 
     def benchmark(self, duration_s: float = 5.0, source=None, output_stream: str | None = None,
                   warmup_s: float = 0.5, poll_interval: float = 1e-4) -> dict:
@@ -798,66 +794,15 @@ class PipelineManager:
         Reports throughput, inter-arrival spacing and the true end-to-end
         latency of every frame that arrives (now - its origin timestamp), plus
         each worker's exec-time figures.  ``source`` (a SyntheticInputConfig or
-        dict) drives an input for the run.
+        dict) drives an input for the run.  The measurement is
+        :func:`shmpiped.measure.benchmark`; ``poll_interval`` is accepted for
+        compatibility (the measurement parks on the stream instead of polling).
         """
         self.poll_events()
         if self._state != PipelineState.RUNNING:
             raise StateTransitionError("benchmark requires the pipeline to be RUNNING")
-        if duration_s <= 0:
-            raise ValueError("duration_s must be positive")
-        if output_stream is None:
-            terminal = self.terminal_streams()
-            if len(terminal) != 1:
-                raise ValueError("output_stream must be specified explicitly: the pipeline has "
-                                 f"{len(terminal)} terminal output streams ({terminal})")
-            output_stream = terminal[0]
-        output = self.get_stream(output_stream)
-        started_source = None
-        if source is not None:
-            started_source = self.start_synthetic_input(source)["stream_name"]
-        spacing_ns: list[int] = []
-        latency_ns: list[int] = []
-        try:
-            time.sleep(warmup_s)
-            self.raise_if_failed()
-            last = output.count
-            start = previous = time.monotonic_ns()
-            deadline = start + int(duration_s * 1e9)
-            while True:
-                now = time.monotonic_ns()
-                if now >= deadline:
-                    break
-                count = output.wait_once(last, min((deadline - now) / 1e9, 0.25))
-                arrived = time.monotonic_ns()
-                if count <= last:
-                    self.raise_if_failed()
-                    continue
-                advanced = count - last
-                spacing_ns.extend([(arrived - previous) // advanced] * advanced)
-                latency_ns.append(arrived - output.slot_metadata(count)[1])
-                last, previous = count, arrived
-            elapsed = max((time.monotonic_ns() - start) / 1e9, 1e-12)
-            self.raise_if_failed()
-        finally:
-            if started_source is not None:
-                self.stop_synthetic_input(started_source)
-        status = self.status()
-        spacing_ms = _summary(np.asarray(spacing_ns, dtype=np.float64) / 1e6)
-        return {
-            "output_stream": output_stream,
-            "duration_s": elapsed,
-            "frames": len(spacing_ns),
-            "throughput_hz": len(spacing_ns) / elapsed,
-            "inter_arrival_ms": spacing_ms,
-            "latency_ms": dict(spacing_ms),  # shmpipeline's name for the spacing, kept for old scripts
-            "end_to_end_us": _summary(np.asarray(latency_ns, dtype=np.float64) / 1e3),
-            "end_to_end": status["end_to_end"],
-            "workers": {
-                name: {key: w.get(key) for key in ("avg_exec_us", "p99_exec_us", "jitter_us_rms", "throughput_hz",
-                                                   "frames_processed", "overruns")}
-                for name, w in status["workers"].items()
-            },
-        }
+        return measure.benchmark(self, duration_s, source=source, output_stream=output_stream,
+                                 warmup_s=warmup_s)
 
     # ------------------------------------------------------------------ sources, sinks, synthetic
     def _start_sinks(self) -> None:
@@ -931,6 +876,9 @@ class PipelineManager:
         for name in list(self._synthetic):
             self.stop_synthetic_input(name, timeout)
 
+    def synthetic_input_status(self) -> dict:
+        return {name: c.snapshot() for name, c in self._synthetic.items()}
+
     # ------------------------------------------------------------------ viewers
     def open_viewer(self, stream_name: str, **options):
         """Spawn a viewer process on ``stream_name`` (read-only; it never slows the writer).
@@ -952,20 +900,8 @@ class PipelineManager:
         while self._viewers:
             self._viewers.pop().close(timeout)
 
-    def synthetic_input_status(self) -> dict:
-        return {name: c.snapshot() for name, c in self._synthetic.items()}
-
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _summary(values: np.ndarray) -> dict:
-    """min/mean/max/p50/p90/p99 of ``values`` (None, and no percentiles, when empty)."""
-    if values.size == 0:
-        return {"min": None, "mean": None, "max": None}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max()),
-            "p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
 def _shutdown_at_exit(manager: PipelineManager) -> None:
