@@ -346,3 +346,12 @@ def test_a_gpu_kernel_reads_cpu_streams_uploaded_when_they_change(gpu, namespace
         wait_for(lambda fid=frame_id: commands.frame_id == fid, timeout=10)
         np.testing.assert_allclose(commands.read(), matrix.read() @ value + offset, rtol=1e-4, atol=1e-5)
     assert manager.status()["workers"]["reconstruct"]["frames_processed"] == 30
+
+    # A restarted GPU worker maps the device memory again and carries on.
+    old_pid = manager.workers["reconstruct"].pid
+    assert manager.restart(workers=["reconstruct"]) == ["reconstruct"]
+    assert manager.workers["reconstruct"].pid != old_pid
+    value = rng.standard_normal(64).astype(np.float32)
+    slopes.write(value, frame_id=99)
+    wait_for(lambda: commands.frame_id == 99, timeout=10)
+    np.testing.assert_allclose(commands.read(), matrix.read() @ value + offset, rtol=1e-4, atol=1e-5)
