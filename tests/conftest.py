@@ -79,6 +79,18 @@ def spawn_python(code: str, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def spawn_stream_owner(namespace: str, name: str = "cam") -> subprocess.Popen:
+    """Another process that creates stream ``name`` (4 uint16) and holds it until killed."""
+    child = spawn_python(
+        "import sys, time; from shmpiped.shm import Stream\n"
+        "s = Stream.create(sys.argv[2], (4,), 'uint16', namespace=sys.argv[1])\n"
+        "print('ready', flush=True); time.sleep(60)\n",
+        namespace, name,
+    )
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
 # ---------------------------------------------------------------------- pipelines
 
 
@@ -111,14 +123,23 @@ def manager_factory():
         assert not any(h.alive for h in m.workers.values())
 
 
-def wait_for(predicate, timeout=5.0, interval=0.01):
+def wait_for(predicate, timeout=5.0, interval=0.01, describe=lambda: ""):
+    """The first truthy value of ``predicate()``, polled every ``interval`` s; AssertionError after
+    ``timeout`` s, with ``describe()`` appended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError("condition not reached in time")
+    raise AssertionError(f"condition not reached within {timeout} s. {describe()}")
+
+
+def unavailable(reason: str, suite: str):
+    """Skip with ``reason``, or fail under CI=true, where .ci/install-*.sh provide everything."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{suite} cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(f"{suite}: {reason}")
 
 
 def push(manager, name, value, out="output", frame_id=None):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -40,12 +41,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import pytest
+from . import conftest
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
@@ -70,11 +70,7 @@ class Unavailable(Exception):
     """A tool these tests need cannot be used here; the message says why."""
 
 
-def unavailable(reason: str, suite: str = "container tests"):
-    """Skip with ``reason``, or fail under CI=true, where .ci/install-*.sh provide everything."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{suite} cannot run under CI: {reason}", pytrace=False)
-    pytest.skip(f"{suite}: {reason}")
+unavailable = functools.partial(conftest.unavailable, suite="container tests")
 
 
 def run(command: list[str], *, timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -376,14 +372,8 @@ def logs(container, stdout: bool = True, stderr: bool = True) -> str:
     return container.get_wrapped_container().logs(stdout=stdout, stderr=stderr).decode(errors="replace")
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2, describe=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not reached within {timeout} s. {describe()}")
+#: conftest.wait_for, polling Docker less often.
+wait_until = functools.partial(conftest.wait_for, interval=0.2)
 
 
 def wait_healthy(container, timeout: float = 60.0) -> dict:

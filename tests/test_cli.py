@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from .conftest import segments_of, spawn_python
+from .conftest import segments_of, spawn_stream_owner
 
 SHMPIPED = [sys.executable, "-m", "shmpiped.cli"]
 DAEMON_ARGS = ["--http-address", "127.0.0.1:0", "--control-socket", "none"]
@@ -84,13 +84,7 @@ def test_run_for_a_duration_and_clean_up(tmp_path, namespace):
 
 
 def test_shm_ls_and_rm_of_stale_segments(namespace):
-    child = spawn_python(
-        "import sys, time; from shmpiped.shm import Stream\n"
-        "s = Stream.create('cam', (4,), 'uint16', namespace=sys.argv[1])\n"
-        "print('ready', flush=True); time.sleep(60)\n",
-        namespace,
-    )
-    assert child.stdout.readline().strip() == "ready"
+    child = spawn_stream_owner(namespace)
     listing = json.loads(shmpiped("shm", "ls", "--namespace", namespace, "--json").stdout)
     assert [(r["stream"], r["alive"], r["stale"]) for r in listing] == [("cam", True, False)]
     refused = shmpiped("shm", "rm", "--namespace", namespace)

@@ -15,7 +15,7 @@ from shmpiped.shm import NamespaceBlock, Stream, layout
 from shmpiped.shm.stream import segment_is_stale
 from shmpiped.streams import remove_stale_segments
 
-from .conftest import run_python, segments_of, spawn_python
+from .conftest import run_python, segments_of, spawn_python, spawn_stream_owner
 
 
 @pytest.fixture
@@ -163,13 +163,7 @@ def test_create_refuses_an_existing_name(stream, namespace):
 
 
 def test_segment_of_a_killed_creator_is_stale_and_removed(namespace):
-    child = spawn_python(
-        "import sys, time; from shmpiped.shm import Stream\n"
-        "s = Stream.create('cam', (4,), 'uint16', namespace=sys.argv[1])\n"
-        "print('ready', flush=True); time.sleep(60)\n",
-        namespace,
-    )
-    assert child.stdout.readline().strip() == "ready"
+    child = spawn_stream_owner(namespace)
     name = layout.stream_segment_name(namespace, "cam")
     assert not segment_is_stale(name)  # creator alive
     assert remove_stale_segments(namespace) == []

@@ -275,22 +275,23 @@ class KernelRegistry:
         ``streams`` holds the live handles of its auxiliary streams, keyed by alias
         or by stream name; the endpoint helpers read them by alias.
         """
-        cls = self.get_source(config.kind)
-        cls.validate_config(config, shared_memory)
-        return cls(SourceContext(config=config, shared_memory=dict(shared_memory),
-                                 config_base_dir=config_base_dir or os.getcwd(),
-                                 auxiliary_streams=_auxiliary_streams(config, streams),
-                                 stop_event=stop_event, pause_event=pause_event))
+        return _build_endpoint(self.get_source(config.kind), SourceContext, config, shared_memory, streams,
+                               config_base_dir, stop_event, pause_event)
 
     def create_sink(self, config, shared_memory: Mapping[str, Any], streams: Mapping[str, Any] | None = None,
                     config_base_dir: str | None = None, stop_event=None, pause_event=None):
         """Validate, then build the sink (``streams`` as for ``create_source``)."""
-        cls = self.get_sink(config.kind)
-        cls.validate_config(config, shared_memory)
-        return cls(SinkContext(config=config, shared_memory=dict(shared_memory),
-                               config_base_dir=config_base_dir or os.getcwd(),
-                               auxiliary_streams=_auxiliary_streams(config, streams),
-                               stop_event=stop_event, pause_event=pause_event))
+        return _build_endpoint(self.get_sink(config.kind), SinkContext, config, shared_memory, streams,
+                               config_base_dir, stop_event, pause_event)
+
+
+def _build_endpoint(cls, context_type, config, shared_memory, streams, config_base_dir, stop_event, pause_event):
+    """Validate, then build a source or sink with its context."""
+    cls.validate_config(config, shared_memory)
+    return cls(context_type(config=config, shared_memory=dict(shared_memory),
+                            config_base_dir=config_base_dir or os.getcwd(),
+                            auxiliary_streams=_auxiliary_streams(config, streams),
+                            stop_event=stop_event, pause_event=pause_event))
 
 
 def _auxiliary_streams(config, streams: Mapping[str, Any] | None) -> dict:
