@@ -37,7 +37,7 @@ TAGS = ["shmpiped"]
 OVERVIEW_UID = "shmpiped-overview"
 WORKER_UID = "shmpiped-worker"
 
-#: ``shmpiped.metrics.PIPELINE_STATES`` and ``WORKER_HEALTH_STATES`` (a test keeps them equal),
+#: ``shmpiped.service.metrics.PIPELINE_STATES`` and ``WORKER_HEALTH_STATES`` (a test keeps them equal),
 #: each with its colour.
 PIPELINE_STATES = {
     "initialized": "blue",

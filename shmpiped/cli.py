@@ -14,8 +14,8 @@ import sys
 import click
 
 from . import __version__
-from .daemon import EXIT_CONFIG, EXIT_PIPELINE_FAILED, EXIT_UNAVAILABLE
 from .errors import ConfigValidationError, WorkerProcessError
+from .service.daemon import EXIT_CONFIG, EXIT_PIPELINE_FAILED, EXIT_UNAVAILABLE
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -148,15 +148,15 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
     73 shared memory could not be created, 75 namespace owned by another live
     process, 78 invalid configuration.
     """
-    from .daemon import Daemon, DaemonSettings
-    from .supervisor import RestartPolicy
+    from .service.daemon import Daemon, DaemonSettings
+    from .service.supervisor import RestartPolicy
 
     configure_logging(run_log_level, log_format)
     try:
         policy = RestartPolicy(backoff_initial_s=backoff_initial, backoff_max_s=backoff_max,
                                budget=restart_budget, window_s=restart_window, watchdog_s=watchdog_timeout)
         if _optional(http_address):
-            from .httpapi import parse_address
+            from .service.httpapi import parse_address
 
             parse_address(http_address)
     except ValueError as exc:
@@ -179,7 +179,7 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
 def ctl(socket_path, namespace, words) -> None:
     """Control a running daemon: status [--json] | pause | resume | restart [WORKER] | stop |
     reload | synthetic start STREAM PATTERN [RATE_HZ] | synthetic stop STREAM."""
-    from .control import ctl_main, default_socket_path
+    from .service.control_socket import ctl_main, default_socket_path
 
     status, text = ctl_main(socket_path or default_socket_path(namespace), list(words))
     if text:

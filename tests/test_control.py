@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from shmpiped.control import (
+from shmpiped.service.control_socket import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_UNAVAILABLE,
@@ -367,7 +367,7 @@ def test_default_socket_path(monkeypatch):
 def test_client_in_another_process(server, handler):
     code = (
         "import json, os, sys\n"
-        "from shmpiped.control import send_command\n"
+        "from shmpiped.service.control_socket import send_command\n"
         "result = send_command(sys.argv[1], 'echo', worker='centroid')\n"
         "print(json.dumps({'result': result, 'pid': os.getpid()}))\n"
     )
@@ -380,7 +380,7 @@ def test_client_in_another_process(server, handler):
 def test_ctl_in_another_process_reports_exit_status(server, tmp_path):
     code = (
         "import sys\n"
-        "from shmpiped.control import ctl_main\n"
+        "from shmpiped.service.control_socket import ctl_main\n"
         "status, text = ctl_main(sys.argv[1], sys.argv[2:])\n"
         "print(text)\n"
         "sys.exit(status)\n"

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from shmpiped.control import send_command
+from shmpiped.service.control_socket import send_command
 
 from .conftest import segments_of, wait_for
 from .daemon_support import free_port, metric_value, worker_pids, write_pipeline
@@ -151,7 +151,7 @@ def test_sd_notify_ready_status_and_watchdog(tmp_path, namespace, daemons):
         # wedge the main loop: WATCHDOG=1 must stop, /healthz turns 503 while HTTP still answers
         messages.clear()
         stall = subprocess.Popen([sys.executable, "-c",
-                                  "import sys; from shmpiped.control import send_command; "
+                                  "import sys; from shmpiped.service.control_socket import send_command; "
                                   "send_command(sys.argv[1], 'debug', stall_s=3.0, timeout=20)", daemon.socket])
         drain(0.5)
         messages.clear()
@@ -191,7 +191,7 @@ def test_control_commands(tmp_path, namespace, daemons):
 
 
 def test_control_refusals_and_synthetic_inputs(tmp_path, namespace, daemons):
-    from shmpiped.control import ControlError
+    from shmpiped.service.control_socket import ControlError
 
     path = tmp_path / "p.yaml"
     path.write_text(

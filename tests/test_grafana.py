@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from shmpiped.metrics import PIPELINE_STATES, WORKER_HEALTH_STATES
+from shmpiped.service.metrics import PIPELINE_STATES, WORKER_HEALTH_STATES
 
 from .promql_catalogue import (
     REPO,

@@ -19,7 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import shmpiped
 from shmpiped import PipelineManager, PipelineState
-from shmpiped.metrics import CONTENT_TYPE, PIPELINE_STATES, WORKER_HEALTH_STATES, SnapshotCollector, render
+from shmpiped.service.metrics import (
+    CONTENT_TYPE,
+    PIPELINE_STATES,
+    WORKER_HEALTH_STATES,
+    SnapshotCollector,
+    render,
+)
 
 from .conftest import push, scale_pipeline, segments_of, stream, wait_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shmpiped.supervisor import RestartPolicy, Supervisor
+from shmpiped.service.supervisor import RestartPolicy, Supervisor
 
 
 def status(health, age=0.1, state="running"):

@@ -380,7 +380,7 @@ def test_watchdog_restarts_a_wedged_daemon(machine):
     first_pid = props["MainPID"]
     # The hidden 'debug' control command sleeps in the main loop (a wedge); the client gives up at once.
     machine.exec("runuser", "-u", "shmpiped", "--", VENV_PYTHON, "-c",
-                 "import sys\nfrom shmpiped.control import send_command\n"
+                 "import sys\nfrom shmpiped.service.control_socket import send_command\n"
                  "try:\n    send_command(sys.argv[1], 'debug', stall_s=60, timeout=1)\n"
                  "except Exception:\n    pass\n", f"/run/shmpiped/{namespace}.sock")
     props = machine.wait_for(UNIT, lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active", timeout=45)

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from .errors import (
+from ..errors import (
     ConfigValidationError,
     NamespaceBusyError,
     SharedMemoryError,
@@ -185,9 +185,9 @@ class Daemon:
 
     # ------------------------------------------------------------------ configuration
     def _load_config(self):
-        from .config import PipelineConfig
-        from .demo import demo_path
-        from .validation import validate_pipeline_config
+        from ..config import PipelineConfig
+        from ..demo import demo_path
+        from ..validation import validate_pipeline_config
 
         source = self.settings.pipeline or str(demo_path())
         config = PipelineConfig.from_yaml(source)
@@ -200,7 +200,7 @@ class Daemon:
 
     def _reload(self) -> dict:
         """Re-read the pipeline file; keep running on error, else apply the change."""
-        from .manager import PipelineManager
+        from ..manager import PipelineManager
 
         self._reload_requested = False
         self.notifier.reloading()
@@ -243,7 +243,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
-        from .manager import PipelineManager
+        from ..manager import PipelineManager
 
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         # Source threads share this interpreter: let them take the GIL within 0.5 ms, not 5 ms.
@@ -302,7 +302,7 @@ class Daemon:
 
             self._http = HttpApi(self.settings.http_address, lambda: self._published).start()
         if self.settings.control_socket is not None:
-            from .control import ControlServer, default_socket_path
+            from .control_socket import ControlServer, default_socket_path
 
             path = self.settings.control_socket or default_socket_path(self.manager.namespace)
             try:

@@ -154,7 +154,7 @@ class HttpApi:
 
     def keep_off_cpus(self, busy: set[int]) -> None:
         """Serve on the CPUs that are not in ``busy`` (the workers' CPUs), if any is left."""
-        from .placement import available_cpus
+        from ..placement import available_cpus
 
         free = set(available_cpus()) - set(busy)
         self._server.service_cpus = free or None

@@ -53,8 +53,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
-from .health import HEALTH_STATES
+from .. import __version__
+from ..health import HEALTH_STATES
 
 __all__ = ["CONTENT_TYPE", "PIPELINE_STATES", "WORKER_HEALTH_STATES", "SnapshotCollector", "render"]
 

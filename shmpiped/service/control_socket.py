@@ -43,7 +43,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .errors import ShmPipelineError
+from ..errors import ShmPipelineError
 
 log = logging.getLogger("shmpiped.control")
 
@@ -252,7 +252,7 @@ class ControlServer:
             self._unlink_own()
             raise
         self._listener = listener
-        self._thread = threading.Thread(target=self._accept_loop, name="shmpiped-control", daemon=True)
+        self._thread = threading.Thread(target=self._accept_loop, name="shmpiped.control", daemon=True)
         self._thread.start()
         log.debug("control socket listening at %s (mode %o)", path, self.mode)
         return self
