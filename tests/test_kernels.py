@@ -657,7 +657,7 @@ class TestTipTiltController:
 
 
 class TestLegacyKinds:
-    @pytest.mark.parametrize("kind", ["cpu.centroid", "cpu.tip_tilt_controller"])
+    @pytest.mark.parametrize("kind", ["cpu.centroid", "cpu.tip_tilt_controller", "cpu.tomographic_controller"])
     def test_resolving_warns(self, kind):
         with pytest.warns(DeprecationWarning, match=kind):
             REGISTRY.get(kind)
@@ -666,7 +666,7 @@ class TestLegacyKinds:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             for kind in REGISTRY.kinds():
-                if kind not in ("cpu.centroid", "cpu.tip_tilt_controller"):
+                if kind not in ("cpu.centroid", "cpu.tip_tilt_controller", "cpu.tomographic_controller"):
                     REGISTRY.get(kind)
 
 
@@ -693,7 +693,7 @@ def test_the_cpu_catalogue_of_spec_10_2():
         "cpu.elementwise_multiply", "cpu.elementwise_divide", "cpu.scale_offset", "cpu.flatten",
         "cpu.concatenate", "cpu.reduce", "cpu.affine_transform", "cpu.leaky_integrator",
         "cpu.custom_operation", "cpu.spot_centroid", "cpu.shack_hartmann_centroid", "cpu.centroid",
-        "cpu.tip_tilt_controller", "cpu.raise_error",
+        "cpu.tip_tilt_controller", "cpu.tomographic_controller", "cpu.raise_error",
     }
 
 

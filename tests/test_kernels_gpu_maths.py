@@ -22,6 +22,7 @@ import pytest
 
 from shmpiped.kernels import KernelContext
 from shmpiped.kernels.gpu import GPU_KERNELS
+from tests import tomography_helpers as tomography
 from tests.conftest import unavailable
 from tests.kernel_helpers import REGISTRY, kernel_config, stream_specs
 
@@ -123,6 +124,8 @@ CASES = [
            {"M": np.array([[0.0, 1.0], [-1.0, 0.5]], np.float32), "b": np.array([0.25, -0.5], np.float32)})
           for center in [(3.2, 7.9), (6.0, 2.5), (4.5, 5.5)]],
          {"auxiliary": ("M", "b"), "parameters": {"leak": 0.8, "control_gain": 0.5, **SPOT_PARAMETERS}}),
+    *(Case("tomographic_controller", tomography.layouts(batched), tomography.frames(batched)[0],
+           tomography.config_fields(batched), "batched" if batched else "eight streams") for batched in (False, True)),
     Case("raise_error", {"x": ((2,), "float32"), "y": ((2,), "float32")}, [(np.zeros(2, np.float32), {})],
          {"parameters": {"message": "boom"}}),
 ]

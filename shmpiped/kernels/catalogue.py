@@ -24,6 +24,7 @@ from shmpiped.kernels.layout import ConcatenateKernel, FlattenKernel
 from shmpiped.kernels.linear import AffineTransformKernel, LeakyIntegratorKernel
 from shmpiped.kernels.null_sink import NullSink
 from shmpiped.kernels.reduce import ReduceKernel
+from shmpiped.kernels.tomography import TomographicControllerKernel
 
 CPU_KERNELS = (
     CopyKernel,
@@ -44,6 +45,7 @@ CPU_KERNELS = (
     ShackHartmannCentroidKernel,
     CentroidKernel,
     TipTiltControllerKernel,
+    TomographicControllerKernel,
     RaiseErrorKernel,
 )
 

@@ -9,7 +9,7 @@ missing. There is no ``gpu.reduce`` (spec 10.3).
 
 from __future__ import annotations
 
-from shmpiped.kernels import centroids, custom_operation, diagnostics, elementwise, layout, linear
+from shmpiped.kernels import centroids, custom_operation, diagnostics, elementwise, layout, linear, tomography
 
 
 class GpuCopyKernel(elementwise.CopyKernel):
@@ -76,6 +76,10 @@ class GpuTipTiltControllerKernel(centroids.TipTiltControllerKernel):
     kind, storage = "gpu.tip_tilt_controller", "gpu"
 
 
+class GpuTomographicControllerKernel(tomography.TomographicControllerKernel):
+    kind, storage = "gpu.tomographic_controller", "gpu"
+
+
 class GpuRaiseErrorKernel(diagnostics.RaiseErrorKernel):
     kind, storage = "gpu.raise_error", "gpu"
 
@@ -97,6 +101,7 @@ GPU_KERNELS = (
     GpuSpotCentroidKernel,
     GpuShackHartmannCentroidKernel,
     GpuTipTiltControllerKernel,
+    GpuTomographicControllerKernel,
     GpuRaiseErrorKernel,
 )
 
