@@ -9,8 +9,9 @@ writers of the sink's declared outputs.
 
 Both controllers:
 
-- give the plugin's context their stop and pause events, so the plugin's
-  ``wait()``, ``stop_requested()`` and ``paused()`` work (a stop event that
+- give the plugin their stop and pause events, so the plugin's ``wait()``,
+  ``stop_requested()`` and ``paused()`` work, for plugins written for
+  shmpiped and for shmpipeline's own base classes alike (a stop event that
   is already in the context is adopted as the controller's own);
 - wrap each plugin call in the optional soft timeout (spec 7) - the call runs
   on a dedicated daemon thread and is abandoned, still running, if it
@@ -28,7 +29,6 @@ reads ``failure``) when polling, and ``stop(timeout)``.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import queue
 import threading
 import time
@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy
+
+from shmpiped.kernels.base import context_with_events
 
 __all__ = [
     "ROLLING_METRICS_WINDOW",
@@ -199,21 +201,19 @@ class _CallRunner:
 
 
 def _bind_events(plugin, stop_event: threading.Event, pause_event: threading.Event) -> None:
-    """Give the plugin's context the controller's stop and pause events."""
-    context = getattr(plugin, "context", None)
-    if context is None:
+    """Give the plugin the controller's stop and pause events.
+
+    Plugins derived from shmpiped's or from shmpipeline's base classes take
+    them through ``_attach_runtime_events`` (their ``wait``, ``stop_requested``
+    and ``paused`` read them); any other plugin gets them in its context.
+    """
+    attach = getattr(plugin, "_attach_runtime_events", None)
+    if callable(attach):
+        attach(stop_event=stop_event, pause_event=pause_event)
         return
-    changes = {"stop_event": stop_event, "pause_event": pause_event}
-    if dataclasses.is_dataclass(context):
-        names = {f.name for f in dataclasses.fields(context)}
-        if set(changes) <= names:
-            plugin.context = dataclasses.replace(context, **changes)
-            return
-    for key, value in changes.items():
-        try:
-            setattr(context, key, value)
-        except (AttributeError, dataclasses.FrozenInstanceError):
-            object.__setattr__(context, key, value)
+    context = getattr(plugin, "context", None)
+    if context is not None:
+        plugin.context = context_with_events(context, stop_event, pause_event)
 
 
 class _EndpointController:

@@ -6,18 +6,41 @@ multiple-producer check (the single-writer guarantee the stream rings rely
 on), and the JSON (``to_dict``) and text (``describe``) views of all of it.
 
 Pure computation over a ``PipelineConfig``: no I/O, no registry.
+``validate_pipeline_config`` (the whole-pipeline check, which asks the
+registry) lives in ``validation`` and is importable from here too, as in
+shmpipeline's ``graph``.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config import PipelineConfig
 from .errors import ConfigValidationError
 
-__all__ = ["PipelineGraph"]
+__all__ = ["GraphEdge", "PipelineGraph", "validate_pipeline_config"]  # noqa: F822 - see __getattr__
+
+
+def __getattr__(name: str):
+    # validation imports this module, so its function is fetched on first use.
+    if name == "validate_pipeline_config":
+        from .validation import validate_pipeline_config
+
+        return validate_pipeline_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class GraphEdge:
+    """One directed edge: ``source`` -> ``target`` through ``stream``, in ``role``."""
+
+    source: str
+    target: str
+    role: str
+    stream: str
 
 
 class PipelineGraph:
@@ -50,6 +73,11 @@ class PipelineGraph:
         self._orphans = tuple(sorted(
             s for s in self._streams if not self.producers(s) and not self.consumers(s)
         ))
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> PipelineGraph:
+        """The graph of ``config`` (shmpipeline's spelling of the constructor)."""
+        return cls(config)
 
     @staticmethod
     def _link(table: dict, streams: tuple[str, ...], node: str, node_type: str) -> None:
@@ -129,13 +157,11 @@ class PipelineGraph:
 
     # -- edges and checks ------------------------------------------------------------
 
-    def edges(self) -> list[dict[str, str]]:
-        """Every edge as ``{source, target, role, stream}``: sources, kernels, sinks."""
-        edges: list[dict[str, str]] = []
-
-        def add(source: str, target: str, role: str, stream: str) -> None:
-            edges.append({"source": source, "target": target, "role": role, "stream": stream})
-
+    @property
+    def edges(self) -> tuple[GraphEdge, ...]:
+        """Every edge, sources first, then kernels, then sinks, each in config order."""
+        edges: list[GraphEdge] = []
+        add = lambda *fields: edges.append(GraphEdge(*fields))  # source, target, role, stream
         for node in self.config.sources:
             for binding in node.auxiliary:
                 add(binding.name, node.name, f"auxiliary:{binding.alias}", binding.name)
@@ -154,7 +180,7 @@ class PipelineGraph:
             add(sink.stream, sink.name, "sink", sink.stream)
             for stream in sink.outputs:
                 add(sink.name, stream, "sink_output", stream)
-        return edges
+        return tuple(edges)
 
     def validation_errors(self) -> list[str]:
         """One error per stream with more than one producer, in stream-name order."""
@@ -187,7 +213,7 @@ class PipelineGraph:
                 {
                     "name": spec.name,
                     "shape": list(spec.shape),
-                    "dtype": spec.dtype,
+                    "dtype": spec.dtype.name,
                     "storage": spec.storage,
                     "gpu_device": spec.gpu_device,
                     "producers": self.producers(spec.name),
@@ -235,7 +261,7 @@ class PipelineGraph:
                 }
                 for sink in config.sinks
             ],
-            "edges": self.edges(),
+            "edges": [asdict(edge) for edge in self.edges],
             "source_streams": self.source_streams(),
             "sink_streams": self.sink_streams(),
             "orphaned_streams": self.orphaned_streams(),

@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 import weakref
-from enum import Enum
 
 from . import health, measure
 from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
@@ -43,24 +42,13 @@ from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpu
 from .shm import layout
 from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
+from .state import PipelineState
 from .streams import default_notify, provision_stream, remove_stale_segments, write_initial_value
 from .worker import WorkerSpec
 
 log = logging.getLogger("shmpiped.manager")
 
 EVENTS_MAXLEN = 256
-
-
-class PipelineState(str, Enum):
-    INITIALIZED = "initialized"
-    BUILT = "built"
-    RUNNING = "running"
-    PAUSED = "paused"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class WorkerHandle:

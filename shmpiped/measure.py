@@ -9,6 +9,11 @@ It uses only the manager's public methods and never imports the manager; the
 manager checks its own state and then delegates here.  ``bench.py`` builds
 throwaway pipelines for ``shmpiped bench`` and calls ``benchmark()`` through
 the manager like any user.
+
+Durations are reported in both units, under shmpipeline's names and
+shmpiped's: ``inter_arrival_ms``/``inter_arrival_us``,
+``end_to_end_us``/``end_to_end_ms``, and per worker
+``avg_exec_us``/``avg_exec_ms`` and ``p99_exec_us``/``p99_exec_ms``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import time
 
 import numpy as np
 
-WORKER_FIGURES = ("avg_exec_us", "p99_exec_us", "jitter_us_rms", "throughput_hz", "frames_processed", "overruns")
+WORKER_FIGURES = ("avg_exec_us", "avg_exec_ms", "p99_exec_us", "jitter_us_rms", "throughput_hz",
+                  "frames_processed", "overruns")
 
 
 def terminal_streams(config) -> list[str]:
@@ -73,18 +79,30 @@ def benchmark(manager, duration_s: float, source=None, output_stream: str | None
         if started_source is not None:
             manager.stop_synthetic_input(started_source)
     status = manager.status()
-    spacing_ms = summary(np.asarray(spacing_ns, dtype=np.float64) / 1e6)
+    spacing = np.asarray(spacing_ns, dtype=np.float64)
+    latency = np.asarray(latency_ns, dtype=np.float64)
+    spacing_ms = summary(spacing / 1e6)
     return {
         "output_stream": output_stream,
         "duration_s": elapsed,
         "frames": len(spacing_ns),
         "throughput_hz": len(spacing_ns) / elapsed,
         "inter_arrival_ms": spacing_ms,
+        "inter_arrival_us": summary(spacing / 1e3),
         "latency_ms": dict(spacing_ms),  # shmpipeline's name for the spacing, kept for old scripts
-        "end_to_end_us": summary(np.asarray(latency_ns, dtype=np.float64) / 1e3),
+        "end_to_end_us": summary(latency / 1e3),
+        "end_to_end_ms": summary(latency / 1e6),
         "end_to_end": status["end_to_end"],
-        "workers": {name: {key: w.get(key) for key in WORKER_FIGURES} for name, w in status["workers"].items()},
+        "workers": {name: worker_figures(w) for name, w in status["workers"].items()},
     }
+
+
+def worker_figures(worker: dict) -> dict:
+    """The benchmark figures of one worker's status (``p99_exec_ms`` derived from ``p99_exec_us``)."""
+    figures = {key: worker.get(key) for key in WORKER_FIGURES}
+    p99 = figures["p99_exec_us"]
+    figures["p99_exec_ms"] = None if p99 is None else p99 / 1e3
+    return figures
 
 
 def summary(values: np.ndarray) -> dict:

@@ -34,7 +34,7 @@ import numpy
 
 from shmpiped.endpoints import RateMeter
 from shmpiped.errors import ConfigValidationError
-from shmpiped.kernels.base import Source
+from shmpiped.kernels.base import Source, array_namespace
 
 __all__ = [
     "PATTERNS",
@@ -43,8 +43,11 @@ __all__ = [
     "SyntheticInputConfig",
     "SyntheticInputController",
     "SyntheticPatternGenerator",
+    "SyntheticSourceController",
     "available_synthetic_patterns",
+    "pattern_generator_for_stream",
     "sleep_until",
+    "synthetic_config_from_parameters",
 ]
 
 PATTERNS = ("constant", "random", "ramp", "sine", "impulse", "checkerboard")
@@ -143,7 +146,12 @@ class SyntheticPatternGenerator:
     where that matters).  Per frame only ufuncs with ``out=`` run.
     """
 
-    def __init__(self, config: SyntheticInputConfig, shape, dtype, xp=numpy):
+    def __init__(self, config: SyntheticInputConfig, shape, dtype, xp=None, *, storage: str = "cpu",
+                 gpu_device: str | None = None):
+        # ``storage``/``gpu_device`` are shmpipeline's keywords: "gpu" generates with the
+        # device's array namespace (on CuPy's current device) unless ``xp`` is given.
+        if xp is None:
+            xp = array_namespace(storage)
         self.config = config
         self.xp = xp
         self.shape = tuple(int(dim) for dim in shape)
@@ -426,6 +434,25 @@ class SyntheticInputController:
                 "last_write_duration_ms": self.last_write_duration_ms,
                 "last_error": self.last_error,
             }
+
+
+class SyntheticSourceController(SyntheticInputController):
+    """shmpipeline's name and argument order for a synthetic writer: ``(stream, spec)``."""
+
+    def __init__(self, stream, spec: SyntheticInputConfig | Mapping[str, Any]):
+        super().__init__(spec, stream)
+
+
+def synthetic_config_from_parameters(stream_name: str, parameters: Mapping[str, Any]) -> SyntheticInputConfig:
+    """The pattern of a source's ``parameters`` for ``stream_name`` (timing keys are the source's)."""
+    fields = {key: parameters[key] for key in _PATTERN_PARAMETERS if key in parameters}
+    return SyntheticInputConfig(stream_name=stream_name, **fields)
+
+
+def pattern_generator_for_stream(stream_name: str, parameters: Mapping[str, Any], stream) -> SyntheticPatternGenerator:
+    """A generator of the pattern in ``parameters``, shaped like the live ``stream`` (host arrays)."""
+    return SyntheticPatternGenerator(synthetic_config_from_parameters(stream_name, parameters),
+                                     stream.shape, stream.dtype)
 
 
 # --------------------------------------------------------------------------- source plugins

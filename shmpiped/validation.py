@@ -14,12 +14,15 @@
 
 Each message ends with the file and line of the entry at fault
 (``PipelineConfig.locate``). ``raise_for_invalid`` raises them all at once.
+``validate_pipeline_config`` is importable from ``shmpiped.graph`` too, as
+in shmpipeline.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from shmpiped.compat import plugin_config_errors
 from shmpiped.errors import ConfigValidationError
 from shmpiped.graph import PipelineGraph
 
@@ -53,16 +56,25 @@ def raise_for_invalid(config, registry=None) -> None:
 
 
 def _plugin_errors(config, entry, role: str, validate) -> list[str]:
+    """The messages of one plugin's ``validate_config``, located at its entry.
+
+    A plugin written for the real shmpipeline raises that package's
+    ``ConfigValidationError`` (an ``Exception``, not a ``ValueError``); any
+    other exception from a plugin is reported too, naming it, rather than
+    ending the whole validation with a traceback.
+    """
     try:
         validate(entry)
-    except ConfigValidationError as exc:
-        messages = exc.errors or (str(exc),)
+    except plugin_config_errors() as exc:
+        messages = getattr(exc, "errors", None) or (str(exc),)
     except ImportError as exc:
         messages = (f"{role} {entry.name!r} of kind {entry.kind!r} could not be loaded: {exc}",)
     except (ValueError, TypeError) as exc:
-        # A plugin class with the wrong kind, or a plugin written for shmpipeline
-        # raising that package's own (ValueError-based) validation error.
+        # A plugin class with the wrong kind or role.
         messages = (str(exc),)
+    except Exception as exc:  # noqa: BLE001 - a plugin's own bug, reported at its entry
+        messages = (f"{role} {entry.name!r} of kind {entry.kind!r} failed to validate its "
+                    f"configuration: {type(exc).__name__}: {exc}",)
     else:
         return []
     return [config.locate(message, entry) for message in messages]

@@ -211,8 +211,8 @@ def full(tmp_path) -> PipelineConfig:
 
 def test_from_yaml_parses_every_field(full, tmp_path):
     assert full.namespace == "lab"
-    assert full.base_path == str(tmp_path.resolve())
-    assert full.source_path == str((tmp_path / "pipeline.yaml").resolve())
+    assert full.base_path == tmp_path.resolve()
+    assert full.source_path == (tmp_path / "pipeline.yaml").resolve()
     frames, slopes, gains, recon, command, applied, unused = full.shared_memory
     assert frames == SharedMemoryConfig(
         name="frames", shape=(8, 8), dtype="uint16", notify=True, namespace="lab",
@@ -299,7 +299,7 @@ def test_defaults():
     assert (sink.outputs, sink.auxiliary, sink.parameters) == ((), (), {})
     assert (sink.read_timeout, sink.pause_sleep, sink.consume_timeout) == (1.0, 0.01, None)
     assert config.namespace is None and config.source_path is None
-    assert config.base_path == str(Path.cwd().resolve())
+    assert config.base_path == Path.cwd().resolve()
 
 
 def test_initial_defaults():
@@ -324,7 +324,7 @@ def test_null_values_mean_default():
 
 def test_from_dict_base_path_and_source_path(tmp_path):
     config = PipelineConfig.from_dict(minimal(), base_path=tmp_path)
-    assert config.base_path == str(tmp_path)
+    assert config.base_path == tmp_path
     errors = errors_of(minimal(kernels=[]), source_path="/etc/p.yaml")
     assert errors[0] == (
         "pipeline config must define at least one kernel, source, or sink (in /etc/p.yaml)")
@@ -1291,8 +1291,8 @@ def test_from_yaml_accepts_str_and_relative_paths(tmp_path, monkeypatch):
     """)
     monkeypatch.chdir(tmp_path)
     config = PipelineConfig.from_yaml("pipeline.yaml")
-    assert config.source_path == str(path.resolve())
-    assert config.base_path == str(tmp_path.resolve())
+    assert config.source_path == path.resolve()
+    assert config.base_path == tmp_path.resolve()
     assert config.namespace is None
 
 

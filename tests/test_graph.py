@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 
@@ -51,7 +52,7 @@ def closed_loop() -> PipelineConfig:
 
 def test_two_kernel_chain_has_four_edges():
     graph = PipelineGraph(chain())
-    assert graph.edges() == [
+    assert [dataclasses.asdict(edge) for edge in graph.edges] == [
         {"source": "frames", "target": "centroid", "role": "input", "stream": "frames"},
         {"source": "centroid", "target": "slopes", "role": "output", "stream": "slopes"},
         {"source": "slopes", "target": "reconstruct", "role": "input", "stream": "slopes"},
@@ -148,7 +149,7 @@ def test_a_kernel_is_not_its_own_neighbour():
 
 def test_edges_roles_and_order():
     graph = PipelineGraph(closed_loop())
-    edges = [(e["source"], e["target"], e["role"], e["stream"]) for e in graph.edges()]
+    edges = [(e.source, e.target, e.role, e.stream) for e in graph.edges]
     assert edges == [
         ("applied", "camera", "auxiliary:state", "applied"),
         ("camera", "frames", "source", "frames"),
@@ -170,8 +171,10 @@ def test_edges_roles_and_order():
 
 def test_edges_are_fresh_copies():
     graph = PipelineGraph(chain())
-    graph.edges()[0]["role"] = "changed"
-    assert graph.edges()[0]["role"] == "input"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        graph.edges[0].role = "changed"
+    graph.to_dict()["edges"][0]["role"] = "changed"
+    assert graph.to_dict()["edges"][0]["role"] == "input"
 
 
 # ----------------------------------------------------------------------------- producers check

@@ -8,6 +8,7 @@ checked; and no kernel allocates an array per frame.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,10 +115,10 @@ class TestKernelContext:
         assert context.input_specs == (specs["a"], specs["b"], specs["m"])
         assert context.trigger_input_spec is specs["a"]
         assert context.trigger_input_specs == (specs["a"], specs["b"])
-        assert context.auxiliary_specs == {"matrix": specs["m"]}
+        assert context.auxiliary_specs == (specs["m"],)
         assert context.output_spec is specs["y"]
         assert context.output_specs == (specs["y"], specs["z"])
-        assert context.config_base_dir == "/etc"
+        assert context.config_base_dir == Path("/etc")
         assert context.xp is np
 
     def test_is_frozen(self):
@@ -130,7 +131,7 @@ class TestKernelContext:
                                  stream_specs({"x": ((3,), "float32"), "y": ((3,), "float32")}),
                                  config_base_dir=str(tmp_path))
         assert kernel.context.xp is np and kernel.xp is np
-        assert kernel.context.config_base_dir == str(tmp_path)
+        assert kernel.context.config_base_dir == tmp_path
 
 
 # --------------------------------------------------------------------------- element-wise

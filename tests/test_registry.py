@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from importlib.metadata import EntryPoint
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -197,7 +198,7 @@ class TestValidateAndCreate:
         output = np.zeros(3, np.float32)
         kernel.compute_into(np.arange(3, dtype=np.float32), output, {})
         assert output.tolist() == [0, 2, 4]
-        assert kernel.context.config_base_dir == "/srv"
+        assert kernel.context.config_base_dir == Path("/srv")
 
     def test_create_source_and_sink_bind_auxiliary_handles_by_alias(self):
         specs = stream_specs({"out": ((2,), "float64"), "fb": ((2,), "float64"), "in": ((2,), "float64")})
@@ -209,7 +210,7 @@ class TestValidateAndCreate:
         by_alias = registry.create_source(source_config, specs, {"feedback": "handle"})
         assert by_name.context.auxiliary_streams == {"feedback": "handle"}
         assert by_alias.context.auxiliary_streams == {"feedback": "handle"}
-        assert by_name.context.config_base_dir == "/cfg"
+        assert by_name.context.config_base_dir == Path("/cfg")
         assert by_name.context.stop_event is stop and by_name.context.pause_event is pause
         sink = registry.create_sink(SinkConfig("k", "test.recording", "in", outputs=("fb",)), specs)
         assert isinstance(sink, RecordingSink) and sink.context.auxiliary_streams == {}

@@ -14,15 +14,23 @@ This module owns what every plugin sees:
   with the shared endpoint helpers ``stop_requested``, ``paused``, ``wait``,
   ``read_auxiliary`` and ``plugin_metrics``. The manager hands the runtime
   hooks in through the context (``stop_event``, ``pause_event``,
-  ``auxiliary_streams``); each has a safe default so a plugin can be built
-  and driven directly in a test.
+  ``auxiliary_streams``; ``_attach_runtime_events`` swaps the events in, as
+  shmpipeline's controllers do); each has a safe default so a plugin can be
+  built and driven directly in a test.
+
+The contexts keep shmpipeline 1.3.0's contract: ``config_base_dir`` is a
+``pathlib.Path``, ``KernelContext.auxiliary_specs`` a tuple in config order,
+the endpoint contexts' ``auxiliary_specs`` a dict keyed by alias.  The
+public modules ``shmpiped.kernel``, ``shmpiped.source`` and ``shmpiped.sink``
+re-export these classes under shmpipeline's module names.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -50,16 +58,27 @@ def array_namespace(storage: str) -> ModuleType:
     return numpy
 
 
+def _cwd() -> Path:
+    return Path.cwd().resolve()
+
+
+class _BaseDirAsPath:
+    """Frozen contexts store ``config_base_dir`` as a Path, whatever they were given."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config_base_dir", Path(self.config_base_dir))
+
+
 # --------------------------------------------------------------------------- kernels
 
 
 @dataclass(frozen=True)
-class KernelContext:
+class KernelContext(_BaseDirAsPath):
     """What a kernel instance knows: its config, the stream specs and where to find files."""
 
     config: KernelConfig
     shared_memory: Mapping[str, SharedMemoryConfig]  # stream name -> spec
-    config_base_dir: str = field(default_factory=os.getcwd)
+    config_base_dir: Path = field(default_factory=_cwd)
     xp: ModuleType = numpy
 
     @property
@@ -77,9 +96,9 @@ class KernelContext:
         return tuple(self.shared_memory[name] for name in self.config.trigger_inputs)
 
     @property
-    def auxiliary_specs(self) -> dict:
-        """Auxiliary stream specs keyed by alias."""
-        return {binding.alias: self.shared_memory[binding.name] for binding in self.config.auxiliary}
+    def auxiliary_specs(self) -> tuple:
+        """Auxiliary stream specs in config order."""
+        return tuple(self.shared_memory[name] for name in self.config.auxiliary_names)
 
     @property
     def output_spec(self):
@@ -176,12 +195,12 @@ def _auxiliary_specs(context) -> dict:
 
 
 @dataclass(frozen=True)
-class SourceContext:
+class SourceContext(_BaseDirAsPath):
     """What a source instance knows, plus the runtime hooks the manager supplies."""
 
     config: SourceConfig
     shared_memory: Mapping[str, SharedMemoryConfig]
-    config_base_dir: str = field(default_factory=os.getcwd)
+    config_base_dir: Path = field(default_factory=_cwd)
     auxiliary_streams: Mapping[str, Any] = field(default_factory=dict)  # alias -> live handle
     stop_event: Any = None  # threading.Event set when the manager stops the source
     pause_event: Any = None  # threading.Event set while the pipeline is paused
@@ -201,12 +220,12 @@ class SourceContext:
 
 
 @dataclass(frozen=True)
-class SinkContext:
+class SinkContext(_BaseDirAsPath):
     """What a sink instance knows, plus the runtime hooks the manager supplies."""
 
     config: SinkConfig
     shared_memory: Mapping[str, SharedMemoryConfig]
-    config_base_dir: str = field(default_factory=os.getcwd)
+    config_base_dir: Path = field(default_factory=_cwd)
     auxiliary_streams: Mapping[str, Any] = field(default_factory=dict)
     stop_event: Any = None
     pause_event: Any = None
@@ -224,6 +243,20 @@ class SinkContext:
     @property
     def auxiliary_specs(self) -> dict:
         return _auxiliary_specs(self)
+
+
+def context_with_events(context, stop_event, pause_event):
+    """``context`` carrying these events: a frozen dataclass copy, or the same object updated."""
+    if dataclasses.is_dataclass(context):
+        names = {f.name for f in dataclasses.fields(context)}
+        if {"stop_event", "pause_event"} <= names:
+            return dataclasses.replace(context, stop_event=stop_event, pause_event=pause_event)
+    for key, value in (("stop_event", stop_event), ("pause_event", pause_event)):
+        try:
+            setattr(context, key, value)
+        except (AttributeError, dataclasses.FrozenInstanceError):
+            object.__setattr__(context, key, value)
+    return context
 
 
 class _Endpoint:
@@ -249,6 +282,10 @@ class _Endpoint:
 
     def close(self) -> None:
         """Release what ``open`` acquired."""
+
+    def _attach_runtime_events(self, *, stop_event, pause_event) -> None:
+        """Take the controller's stop and pause events (the helpers below read them)."""
+        self.context = context_with_events(self.context, stop_event, pause_event)
 
     def stop_requested(self) -> bool:
         event = self.context.stop_event

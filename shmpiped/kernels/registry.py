@@ -7,6 +7,15 @@ kinds plus the plugins installed under the entry-point groups
 ``shmpiped.kernels``, ``shmpiped.sources`` and ``shmpiped.sinks``, and
 shmpipeline's ``shmpipeline.*`` groups so its plugins load unchanged.
 An entry point's name is the kind it provides; built-in kinds win.
+``get_default_registry()`` is the one default registry of the process, as in
+shmpipeline.
+
+Plugin classes need not derive from shmpiped's bases: a class with the
+methods of its role (a plugin built on the real shmpipeline's ``Kernel``,
+``Source`` or ``Sink``) is accepted.  Before a lazy plugin is imported, the
+``shmpipeline`` import fallback is installed (``shmpiped.compat``), so a
+plugin that imports ``shmpipeline.kernel`` loads where shmpipeline itself is
+not installed; where it is, the real package wins.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import functools
 import importlib
 import importlib.metadata
 import os
+import threading
 import warnings
 from typing import Any, Iterable, Mapping
 
@@ -40,6 +50,19 @@ ENTRY_POINT_GROUPS = {
     "shmpipeline.sinks": "sink",
 }
 
+#: The kinds shmpipeline 1.3.0 calls legacy adaptive-optics kernels.  shmpiped keeps
+#: ``*.shack_hartmann_centroid`` and ``*.tomographic_controller`` first-class; the
+#: kinds whose class sets ``deprecated`` warn when resolved.
+LEGACY_AO_KERNEL_KINDS = frozenset({
+    "cpu.centroid",
+    "cpu.shack_hartmann_centroid",
+    "cpu.tip_tilt_controller",
+    "cpu.tomographic_controller",
+    "gpu.shack_hartmann_centroid",
+    "gpu.tip_tilt_controller",
+    "gpu.tomographic_controller",
+})
+
 #: What a class written for another base (a shmpipeline plugin) must offer, per role:
 #: at least one method of each group.
 _PLUGIN_METHODS = {
@@ -56,6 +79,9 @@ LazyEntry = Any  # EntryPoint | "module:attribute" | Callable[[], type]
 
 
 def _load_lazy(entry: LazyEntry):
+    from shmpiped.compat import install_shmpipeline_fallback
+
+    install_shmpipeline_fallback()  # plugins written for shmpipeline import it
     if isinstance(entry, str):
         module_name, _, attribute = entry.partition(":")
         target = importlib.import_module(module_name)
@@ -77,7 +103,7 @@ class _KindTable:
         self.lazy: dict[str, LazyEntry] = dict(lazy or {})
         items = classes.items() if isinstance(classes, Mapping) else ((cls.kind, cls) for cls in classes)
         for kind, cls in items:
-            self.check_class(cls)
+            self.check_class(cls, allow_foreign=True)
             self.classes[kind] = cls
 
     def copy(self) -> "_KindTable":
@@ -124,7 +150,7 @@ class _KindTable:
         return cls
 
     def register(self, cls, replace: bool = False) -> None:
-        self.check_class(cls)
+        self.check_class(cls, allow_foreign=True)
         if cls.kind in self and not replace:
             raise ValueError(f"{self.role} kind {cls.kind!r} is already registered")
         self.lazy.pop(cls.kind, None)
@@ -339,3 +365,20 @@ def default_registry(entry_points: Iterable | None = None, include_gpu: bool | N
         if role is not None:
             registry._table(role).add_lazy(entry_point.name, entry_point)
     return registry
+
+
+_default: KernelRegistry | None = None
+_default_lock = threading.Lock()
+
+
+def get_default_registry() -> KernelRegistry:
+    """The process's default registry, built by ``default_registry()`` on first use and shared after.
+
+    To run kinds of your own, pass ``get_default_registry().extended(MyKernel)``
+    to ``PipelineManager(registry=...)``.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = default_registry()
+        return _default

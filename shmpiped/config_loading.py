@@ -1,0 +1,347 @@
+"""Pipeline files and mappings -> ``PipelineConfig``: the one place YAML is read and parsed.
+
+Owns reading a pipeline file (``read_config_text``), parsing YAML
+(``parse_yaml``: a safe loader that records the line of every mapping,
+sequence and key, reports duplicate keys, reads ``1e-5`` as a number and
+keeps timestamps as strings), and building a whole pipeline from the parsed
+document (``load_pipeline_file``, ``pipeline_from_mapping``): each entry through
+``config_entries``, then the checks across entries (unique names, references
+to undefined streams, ``base_path``).  Every error is collected and located
+by file and line; one ``ConfigValidationError`` carries them all.
+
+``PipelineConfig.from_yaml``/``from_dict`` and the entries' ``from_dict``
+(through ``entry_from_mapping`` ...) delegate here, and so does every other
+reader of pipeline YAML (``document``), so limits on what a file may cost to
+load belong here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .config import TOP_LEVEL_KEYS, PipelineConfig, _where
+from .config_entries import (
+    _BAD,
+    _Entry,
+    _Invalid,
+    _namespace,
+    _parse_kernel,
+    _parse_sink,
+    _parse_source,
+    _parse_stream,
+    _Report,
+    entry_from_mapping,
+    initial_from_mapping,
+    synchronization_from_mapping,
+)
+from .errors import ConfigValidationError
+
+__all__ = [
+    "entry_from_mapping",
+    "initial_from_mapping",
+    "load_pipeline_file",
+    "load_yaml",
+    "parse_yaml",
+    "pipeline_from_mapping",
+    "read_config_text",
+    "synchronization_from_mapping",
+    "whole_config_errors_of",
+]
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _LocatedDict(dict):
+    """A mapping read from YAML that remembers its line and its keys' lines."""
+
+    __slots__ = ("line", "key_lines")
+
+
+class _LocatedList(list):
+    """A sequence read from YAML that remembers its line and its items' lines."""
+
+    __slots__ = ("line", "item_lines")
+
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# YAML 1.1 wants a dot in a float; people write 1e-5 and mean a number.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader recording lines, duplicate keys, and reading 1e-5 as a float.
+
+    Timestamps stay strings, so that every loaded value is JSON-serialisable.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicate_keys: list[tuple[Any, int]] = []
+
+
+def _construct_map(loader: _LineLoader, node: yaml.MappingNode):
+    data = _LocatedDict()
+    data.line = node.start_mark.line + 1
+    data.key_lines = {}
+    yield data
+    explicit = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
+    loader.flatten_mapping(node)
+    first_explicit = len(node.value) - explicit
+    seen = set()
+    for index, (key_node, value_node) in enumerate(node.value):
+        key = loader.construct_object(key_node, deep=False)
+        try:
+            hash(key)
+        except TypeError as exc:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                "found unhashable key", key_node.start_mark,
+            ) from exc
+        line = key_node.start_mark.line + 1
+        if index >= first_explicit:
+            if key in seen:
+                loader.duplicate_keys.append((key, line))
+            seen.add(key)
+        data[key] = loader.construct_object(value_node, deep=False)
+        data.key_lines[key] = line
+
+
+def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode):
+    data = _LocatedList()
+    data.line = node.start_mark.line + 1
+    data.item_lines = [item.start_mark.line + 1 for item in node.value]
+    yield data
+    data.extend(loader.construct_sequence(node))
+
+
+_LineLoader.yaml_implicit_resolvers = {
+    first: [resolver for resolver in resolvers if resolver[0] != _TIMESTAMP_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_LineLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789"))
+_LineLoader.add_constructor(_MAP_TAG, _construct_map)
+_LineLoader.add_constructor(_SEQ_TAG, _construct_seq)
+
+
+def read_config_text(path: str | os.PathLike) -> str:
+    """The text of a pipeline file; a ``ConfigValidationError`` naming it when unreadable."""
+    source = str(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigValidationError(f"pipeline config file not found: {source}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigValidationError(f"cannot read pipeline config {source}: {exc}") from exc
+
+
+def parse_yaml(text: str, source: Any = None) -> tuple[Any, list[tuple[Any, int]]]:
+    """Parse YAML ``text``: its data (mappings carry lines) and its duplicate keys.
+
+    A syntax error is a ``ConfigValidationError`` naming ``source`` (the file,
+    when there is one) and the line.  Empty text gives None.
+    """
+    loader = _LineLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        line = None if mark is None else mark.line + 1
+        message = f"invalid YAML: {problem}"
+        context_mark = exc.context_mark
+        if exc.problem and exc.context and context_mark and context_mark.line + 1 != line:
+            message += f" ({exc.context} at line {context_mark.line + 1})"
+        raise ConfigValidationError(message + _where(source, line)) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigValidationError(f"invalid YAML: {exc}" + _where(source, None)) from exc
+    finally:
+        loader.dispose()
+    return data, loader.duplicate_keys
+
+
+def load_yaml(path: str | os.PathLike) -> tuple[Mapping, list[tuple[Any, int]]]:
+    """Read and parse a pipeline file: its top-level mapping and its duplicate keys.
+
+    Every failure (unreadable file, syntax error, empty file, not a mapping)
+    is a ``ConfigValidationError`` naming the file, and the line when known.
+    """
+    source = str(path)
+    data, duplicates = parse_yaml(read_config_text(path), source)
+    if data is None:
+        raise ConfigValidationError("pipeline config is empty" + _where(source, None))
+    if not isinstance(data, Mapping):
+        raise ConfigValidationError(
+            f"pipeline config must be a mapping, got {_type_name(data)}"
+            + _where(source, getattr(data, "line", None) or 1)
+        )
+    return data, duplicates
+
+
+def _type_name(value: Any) -> str:
+    return "list" if isinstance(value, list) else type(value).__name__
+
+
+# --------------------------------------------------------------------------- whole pipelines
+
+
+def load_pipeline_file(path: str | os.PathLike) -> PipelineConfig:
+    """Load and validate a pipeline file; errors name the file and line."""
+    source = Path(path).expanduser().resolve()
+    data, duplicates = load_yaml(source)
+    return _build(data, source.parent, source, duplicates)
+
+
+def pipeline_from_mapping(mapping: Any, base_path: str | os.PathLike | None = None,
+                          source_path: str | os.PathLike | None = None) -> PipelineConfig:
+    """Validate a mapping of the YAML format (lines are unknown).
+
+    ``base_path`` defaults to the current directory; it is kept as given, so a
+    relative one is reported rather than silently resolved.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ConfigValidationError(
+            f"pipeline config must be a mapping, got {type(mapping).__name__}"
+        )
+    base = Path.cwd().resolve() if base_path is None else Path(base_path)
+    return _build(mapping, base, None if source_path is None else Path(source_path), ())
+
+
+def whole_config_errors_of(config: PipelineConfig) -> list[str]:
+    """The checks across entries of an already built ``config`` (``PipelineConfig.replace``)."""
+    errors = _whole_config_errors(
+        config.shared_memory, config.kernels, config.sources, config.sinks, config.base_path,
+        {spec.name for spec in config.shared_memory},
+        lambda message, line: message + _where(config.source_path, line),
+    )
+    if config.namespace is not None:
+        try:
+            _namespace(config.namespace)
+        except _Invalid as exc:
+            errors.insert(0, str(exc) + _where(config.source_path, None))
+    return errors
+
+
+def _entries(section: Any, report: _Report, label: str, parse: Callable) -> tuple[list, list]:
+    """Parse every entry of a section: (parsed entries, raw names of all entries)."""
+    parsed, raw_names = [], []
+    item_lines = getattr(section, "item_lines", None) or [None] * len(section)
+    for raw, line in zip(section, item_lines):
+        if not isinstance(raw, Mapping):
+            report(f"{label} entry must be a mapping", line)
+            continue
+        name = raw.get("name")
+        if isinstance(name, str) and name.strip():
+            raw_names.append(name.strip())
+        result = parse(_Entry(raw, report, line=line))
+        if result is not None:
+            parsed.append(result)
+    return parsed, raw_names
+
+
+def _build(data: Mapping, base_path: Path, source_path: Path | None,
+           duplicate_keys: Any) -> PipelineConfig:
+    report = _Report(source_path)
+    for key, line in duplicate_keys:
+        report(f"duplicate key {key!r} in the same mapping", line)
+    top = _Entry(data, report)
+    top.line = None  # a missing top-level key has no line of its own
+    unknown = [key for key in data if key not in TOP_LEVEL_KEYS]
+    if unknown:
+        listed = ", ".join(repr(key) for key in sorted(unknown, key=str))
+        lines = [top.key_lines[key] for key in unknown if key in top.key_lines]
+        report(f"pipeline config contains unsupported fields: {listed}", min(lines, default=None))
+    namespace = top.get("namespace", _namespace)
+    namespace = None if namespace is _BAD else namespace
+
+    shared_memory = data.get("shared_memory")
+    if not isinstance(shared_memory, (list, tuple)) or not shared_memory:
+        report("pipeline config must define a non-empty shared_memory list",
+               top.line_of("shared_memory"))
+        shared_memory = None
+    sections: dict[str, Any] = {}  # None: present but not a list
+    for key in ("kernels", "sources", "sinks"):
+        value = data.get(key)
+        if value is None:
+            value = []
+        elif not isinstance(value, (list, tuple)):
+            report(f"pipeline config field {key!r} must be a list", top.line_of(key))
+            value = None
+        sections[key] = value
+    if all(value is not None for value in sections.values()) and not any(sections.values()):
+        report("pipeline config must define at least one kernel, source, or sink")
+
+    streams, known = [], None
+    if shared_memory is not None:
+        streams, known = _entries(shared_memory, report, "shared_memory",
+                                  lambda entry: _parse_stream(entry, namespace))
+    parsed = {
+        key: _entries(sections[key] or [], report, label, parse)[0]
+        for key, label, parse in (
+            ("kernels", "kernel", _parse_kernel),
+            ("sources", "source", _parse_source),
+            ("sinks", "sink", _parse_sink),
+        )
+    }
+    report.messages.extend(_whole_config_errors(
+        streams, parsed["kernels"], parsed["sources"], parsed["sinks"], base_path,
+        None if known is None else set(known),
+        lambda message, line: message + _where(source_path, line),
+    ))
+    if report.messages:
+        raise ConfigValidationError(report.messages[0], errors=report.messages)
+    return PipelineConfig(
+        shared_memory=tuple(streams), kernels=tuple(parsed["kernels"]),
+        sources=tuple(parsed["sources"]), sinks=tuple(parsed["sinks"]), namespace=namespace,
+        base_path=base_path, source_path=source_path,
+    )
+
+
+def _whole_config_errors(streams, kernels, sources, sinks, base_path: Path,
+                         known_streams: set[str] | None,
+                         locate: Callable[[str, int | None], str]) -> list[str]:
+    """The checks across entries (spec 1, step 6), each located at its entry."""
+    errors: list[str] = []
+    if not os.path.isabs(str(base_path)):
+        errors.append(f"pipeline config base_path must be absolute, got {str(base_path)!r}")
+    for entries, label in ((streams, "shared memory"), (kernels, "kernel"),
+                           (sources, "source"), (sinks, "sink")):
+        seen: set[str] = set()
+        for entry in entries:
+            if entry.name in seen:
+                errors.append(locate(f"{label} names must be unique: {entry.name!r}", entry.line))
+            seen.add(entry.name)
+    section_of: dict[str, str] = {}
+    for entries, label in ((kernels, "kernel"), (sources, "source"), (sinks, "sink")):
+        for entry in entries:
+            first = section_of.setdefault(entry.name, label)
+            if first != label:
+                errors.append(locate(
+                    "pipeline node names must be unique across kernels, sources, and sinks: "
+                    f"{entry.name!r}", entry.line,
+                ))
+    if known_streams is None:
+        return errors
+    references = (
+        [(kernel, "kernel", (*kernel.inputs, *kernel.auxiliary_names, *kernel.outputs))
+         for kernel in kernels]
+        + [(source, "source", (*source.streams, *source.auxiliary_names)) for source in sources]
+        + [(sink, "sink", (sink.stream, *sink.auxiliary_names, *sink.outputs)) for sink in sinks]
+    )
+    for entry, label, names in references:
+        missing = sorted(set(names) - known_streams)
+        if missing:
+            errors.append(locate(
+                f"{label} {entry.name!r} references undefined shared memory: "
+                + ", ".join(missing), entry.line,
+            ))
+    return errors
