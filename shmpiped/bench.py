@@ -372,5 +372,191 @@ def http_flood(seconds: float = 10.0, clients: int = 8, rate_hz: float = 1000.0,
     }
 
 
-__all__ = ["cpu_vs_gpu", "hop", "http_flood", "one_stage_pipeline", "parse_source", "percentiles_us", "pipeline",
-           "sleep_until"]
+# ---------------------------------------------------------------------- pyshmem bridge
+
+#: (label, driver writes, pipeline endpoint, reader reads) of each path ``pyshmem_bridge`` measures.
+BRIDGE_PATHS = (
+    ("driver -> shmpiped stream (direct)", "direct", None, "direct"),
+    ("driver -> pyshmem (notify) -> pyshmem.source", "pyshmem-notify", "source", "direct"),
+    ("driver -> pyshmem (no notify) -> pyshmem.source", "pyshmem-poll", "source", "direct"),
+    ("pyshmem.sink -> pyshmem (notify) -> reader", "direct", "sink", "pyshmem"),
+)
+_BRIDGE_SHAPE = (16,)
+
+
+def _bridge_driver_main(mode: str, target: str, namespace: str, total: int, rate_hz: float) -> None:
+    """The external driver of ``pyshmem_bridge``: writes ``[monotonic_ns, i, ...]`` frames, paced by sleeping."""
+    payload = np.zeros(_BRIDGE_SHAPE, dtype=np.int64)
+    if mode == "direct":
+        handle = Stream.attach(target, namespace)
+    else:
+        import pyshmem
+
+        handle = pyshmem.create(target, shape=_BRIDGE_SHAPE, dtype=np.int64, notify=mode == "pyshmem-notify")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    period = int(1e9 / rate_hz)
+    deadline = time.monotonic_ns()
+    for i in range(1, total + 1):
+        deadline += period
+        remaining = deadline - time.monotonic_ns()
+        if remaining > 0:
+            time.sleep(remaining / 1e9)  # a driver sleeps; it does not spin
+        payload[1] = i
+        payload[0] = time.monotonic_ns()
+        handle.write(payload, frame_id=i)
+    print("done", flush=True)
+    sys.stdin.readline()  # keep the stream until the reader is done
+    if mode == "direct":
+        handle.close()
+    else:
+        handle.close()
+        pyshmem.unlink(target)
+
+
+def _bridge_reader_main(mode: str, target: str, namespace: str, total: int, warmup: float) -> None:
+    """The reader of ``pyshmem_bridge``: the same pyshmem calls on either handle; prints its samples."""
+    if mode == "direct":
+        handle = Stream.attach(target, namespace)
+    else:
+        import pyshmem
+
+        handle = pyshmem.open(target)
+    true_ns, stamped_ns = [], []
+    last = handle.count
+    print("ready", flush=True)
+    while True:
+        try:
+            handle.wait_for_count(after=last, timeout=10.0)
+        except TimeoutError:
+            break
+        publication = handle.read_publication()
+        now = time.monotonic_ns()
+        last = publication.count
+        index = int(publication.payload[1])
+        if index > warmup:
+            true_ns.append(now - int(publication.payload[0]))
+            if mode == "direct":
+                stamped_ns.append(now - publication.origin_ns)
+        if index >= total:
+            break
+    handle.close()
+    print(json.dumps({"true": true_ns, "stamped": stamped_ns}), flush=True)
+
+
+def _bridge_config(namespace: str, endpoint: str | None, pyshmem_name: str) -> dict:
+    streams = [{"name": name, "shape": list(_BRIDGE_SHAPE), "dtype": "int64"} for name in ("input", "output")]
+    config = {"namespace": namespace, "shared_memory": streams,
+              "kernels": [{"name": "copy", "kind": "cpu.copy", "input": "input", "output": "output"}]}
+    if endpoint == "source":
+        config["sources"] = [{"name": "camera", "kind": "pyshmem.source", "stream": "input",
+                              "parameters": {"pyshmem_stream": pyshmem_name}}]
+    elif endpoint == "sink":
+        config["sinks"] = [{"name": "mirror", "kind": "pyshmem.sink", "stream": "output",
+                            "parameters": {"pyshmem_stream": pyshmem_name}}]
+    return config
+
+
+def _bridge_process(main: str, *args) -> subprocess.Popen:
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; from shmpiped.bench import {main} as m; "
+         "m(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))", *map(str, args)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if child.stdout.readline().strip() != "ready":
+        child.kill()
+        child.wait()
+        raise RuntimeError(f"the benchmark process {main} did not start")
+    return child
+
+
+def _bridge_path(driver_mode: str, endpoint: str | None, reader_mode: str, rate_hz: float, frames: int,
+                 warmup: int) -> dict:
+    """One run of one path: driver process -> pipeline (one cpu.copy) -> reader process."""
+    from .manager import PipelineManager
+
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    pyshmem_name = f"shmpiped-bench-{namespace}"
+    total = frames + warmup
+    manager = PipelineManager(_bridge_config(namespace, endpoint, pyshmem_name))
+    children: list[subprocess.Popen] = []
+    try:
+        if driver_mode != "direct":  # a pyshmem driver creates its stream before the pipeline starts
+            children.append(_bridge_process("_bridge_driver_main", driver_mode, pyshmem_name, namespace, total,
+                                            rate_hz))
+        manager.build()
+        manager.start()
+        if driver_mode == "direct":
+            children.append(_bridge_process("_bridge_driver_main", "direct", "input", namespace, total, rate_hz))
+        reader_target = pyshmem_name if reader_mode == "pyshmem" else "output"
+        children.append(_bridge_process("_bridge_reader_main", reader_mode, reader_target, namespace, total,
+                                        warmup))
+        driver, reader = children
+        time.sleep(0.3)
+        driver.stdin.write("go\n")
+        driver.stdin.flush()
+        out, _ = reader.communicate(timeout=total / rate_hz + 60)
+        samples = json.loads(out.strip().splitlines()[-1])
+        driver.communicate("\n", timeout=30)
+        if not samples["true"]:
+            raise RuntimeError(f"benchmark path {driver_mode} -> {endpoint} -> {reader_mode}: no frame arrived")
+        manager.raise_if_failed()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        manager.shutdown(force=True)
+        if driver_mode != "direct":
+            import pyshmem
+
+            pyshmem.unlink_quiet(pyshmem_name)
+    return {"true": percentiles_us(samples["true"]), "stamped": percentiles_us(samples["stamped"])}
+
+
+def pyshmem_bridge(rate_hz: float = 1000.0, frames: int = 2000, warmup: int = 100, runs: int = 3) -> dict:
+    """Latency the pyshmem bridge adds: each ``BRIDGE_PATHS`` path ``runs`` times (interleaved).
+
+    True end-to-end latency runs from the driver's clock read just before its
+    write (carried in the payload) to the reader process holding the frame;
+    ``stamped`` is what the pipeline itself reports (now - the slot's origin)
+    where the reader reads a pipeline stream.  Figures are medians over runs.
+    """
+    from .pyshmem_bridge import load_pyshmem
+
+    load_pyshmem()
+    per_path: dict[str, list[dict]] = {label: [] for label, *_ in BRIDGE_PATHS}
+    for _ in range(runs):
+        for label, driver_mode, endpoint, reader_mode in BRIDGE_PATHS:
+            per_path[label].append(_bridge_path(driver_mode, endpoint, reader_mode, rate_hz, frames, warmup))
+    median = lambda values: round(float(np.median(values)), 1) if values else None  # noqa: E731
+    rows = []
+    for label, results in per_path.items():
+        stamped = [r["stamped"] for r in results if r["stamped"].get("n")]
+        rows.append({"path": label,
+                     "frames_measured": min(r["true"]["n"] for r in results),
+                     "p50_us": median([r["true"]["p50_us"] for r in results]),
+                     "p99_us": median([r["true"]["p99_us"] for r in results]),
+                     "p50_us_runs": [r["true"]["p50_us"] for r in results],
+                     "p99_us_runs": [r["true"]["p99_us"] for r in results],
+                     "stamped_p50_us": median([s["p50_us"] for s in stamped])})
+    base = rows[0]
+    for row in rows[1:]:
+        row["added_p50_us"] = round(row["p50_us"] - base["p50_us"], 1)
+        row["added_p99_us"] = round(row["p99_us"] - base["p99_us"], 1)
+    return {"benchmark": "pyshmem", "rate_hz": rate_hz, "frames": frames, "runs": runs, "rows": rows}
+
+
+def format_pyshmem_report(report: dict) -> str:
+    lines = [f"pyshmem bridge: {report['frames']} frames at {report['rate_hz']:g} Hz, median of {report['runs']} "
+             "run(s); driver's write -> reader process, through one cpu.copy worker (us)",
+             f"  {'path':<50} {'p50':>8} {'p99':>8} {'+p50':>8} {'+p99':>8} {'stamped p50':>12}"]
+    for row in report["rows"]:
+        added = (f"{row['added_p50_us']:8.1f} {row['added_p99_us']:8.1f}" if "added_p50_us" in row
+                 else f"{'-':>8} {'-':>8}")
+        stamped = "-" if row["stamped_p50_us"] is None else f"{row['stamped_p50_us']:.1f}"
+        lines.append(f"  {row['path']:<50} {row['p50_us']:8.1f} {row['p99_us']:8.1f} {added} {stamped:>12}")
+    return "\n".join(lines)
+
+
+__all__ = ["cpu_vs_gpu", "format_pyshmem_report", "hop", "http_flood", "one_stage_pipeline", "parse_source",
+           "percentiles_us", "pipeline", "pyshmem_bridge", "sleep_until"]

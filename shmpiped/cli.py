@@ -424,6 +424,24 @@ def bench_flood(seconds: float, clients: int, rate: float, client_nice: int, as_
                f"flood {report['loop_p99_us_flood']:.1f} us")
 
 
+@bench.command("pyshmem")
+@click.option("--frames", type=int, default=2000, show_default=True)
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="The driver's rate in Hz.")
+@click.option("--runs", type=int, default=3, show_default=True, help="Runs of each path; figures are medians.")
+@click.option("--json", "as_json", is_flag=True)
+def bench_pyshmem(frames: int, rate: float, runs: int, as_json: bool) -> None:
+    """Latency the pyshmem bridge adds: a pyshmem driver through pyshmem.source, and a pyshmem reader
+    behind pyshmem.sink, against the same driver and reader on the shmpiped streams."""
+    from .bench import format_pyshmem_report, pyshmem_bridge
+
+    try:
+        report = pyshmem_bridge(rate, frames, runs=runs)
+    except ConfigValidationError as exc:  # pyshmem is not installed
+        click.echo(f"bench pyshmem: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(json.dumps(report, indent=2) if as_json else format_pyshmem_report(report))
+
+
 @bench.command("pipeline")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds measured.")

@@ -354,7 +354,9 @@ class SourceController(_EndpointController):
             raise KeyError(f"source {config.name!r} has no stream handle for: {', '.join(missing)}")
         self.writers = {name: streams[name] for name in config.streams}
         self.stream = self.writers[config.streams[0]]
-        self.multi_output = len(config.streams) > 1
+        # A source with ``writes_own_streams`` (pyshmem.source) publishes through produce() even with
+        # one stream, to stamp the frame id and origin time it read.
+        self.multi_output = len(config.streams) > 1 or bool(getattr(source, "writes_own_streams", False))
         self.poll_interval = float(config.poll_interval)
         self.last_write_time: float | None = None
         self.last_write_duration_ms: float | None = None

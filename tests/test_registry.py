@@ -106,8 +106,8 @@ class TestLookup:
     def test_default_registry_lists_builtins(self):
         registry = default_registry(entry_points=[])
         assert "cpu.copy" in registry.kinds()
-        assert registry.source_kinds() == ("synthetic.array", "synthetic.frame_set")
-        assert registry.sink_kinds() == ("null.sink",)
+        assert registry.source_kinds() == ("pyshmem.source", "synthetic.array", "synthetic.frame_set")
+        assert registry.sink_kinds() == ("null.sink", "pyshmem.sink")
         assert registry.get_sink("null.sink") is NullSink
 
     def test_default_registry_discovers_installed_entry_points(self):

@@ -56,4 +56,10 @@ BUILTIN_SINKS = (NullSink,)
 BUILTIN_LAZY_SOURCES = {
     "synthetic.array": "shmpiped.synthetic:SyntheticArraySource",
     "synthetic.frame_set": "shmpiped.synthetic:SyntheticFrameSetSource",
+    "pyshmem.source": "shmpiped.pyshmem_bridge:PyshmemSource",
+}
+
+#: Built-in sinks resolved on first use (pyshmem is optional: imported only by pipelines that use it).
+BUILTIN_LAZY_SINKS = {
+    "pyshmem.sink": "shmpiped.pyshmem_bridge:PyshmemSink",
 }

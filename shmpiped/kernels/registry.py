@@ -38,7 +38,7 @@ from shmpiped.kernels.base import (
     SourceContext,
     array_namespace,
 )
-from shmpiped.kernels.catalogue import BUILTIN_LAZY_SOURCES, BUILTIN_SINKS, CPU_KERNELS
+from shmpiped.kernels.catalogue import BUILTIN_LAZY_SINKS, BUILTIN_LAZY_SOURCES, BUILTIN_SINKS, CPU_KERNELS
 
 #: entry-point group -> plugin role, in precedence order (shmpiped's own groups first).
 ENTRY_POINT_GROUPS = {
@@ -357,7 +357,8 @@ def default_registry(entry_points: Iterable | None = None, include_gpu: bool | N
     from shmpiped.kernels.gpu import GPU_KERNELS
 
     kernels = CPU_KERNELS + (GPU_KERNELS if include_gpu else ())
-    registry = KernelRegistry(kernels=kernels, lazy_sources=BUILTIN_LAZY_SOURCES, sinks=BUILTIN_SINKS)
+    registry = KernelRegistry(kernels=kernels, lazy_sources=BUILTIN_LAZY_SOURCES, sinks=BUILTIN_SINKS,
+                              lazy_sinks=BUILTIN_LAZY_SINKS)
     if include_gpu is None:
         registry.offer_gpu_kernels(GPU_KERNELS)
     for entry_point in installed_entry_points() if entry_points is None else entry_points:

@@ -37,14 +37,19 @@ import time
 import numpy as np
 
 from . import _sync, device, layout
+from .pyshmem_style import PyshmemStyleMethods
 from .segment import OwnerIdentity, Segment, lock_holder_alive, shm_path
 
 WAIT_STRATEGIES = ("futex", "hybrid", "spin")
 HYBRID_SPIN_S = 50e-6
 
 
-class Stream:
-    """A handle on one stream segment (created here or attached)."""
+class Stream(PyshmemStyleMethods):
+    """A handle on one stream segment (created here or attached).
+
+    It also answers the pyshmem ``SharedMemory`` calls (``read_publication``,
+    ``wait_for_count``, ``write_view``, ``locked``...): see ``pyshmem_style``.
+    """
 
     def __init__(self, segment: Segment, stream_name: str, namespace: str):
         self.segment = segment
@@ -79,6 +84,10 @@ class Stream:
         self._slot_headers = tuple(headers)
         self.readonly = not segment.writable
         self.last_read_count = 0
+        # pyshmem's read accounting: publications stepped over by this handle's reads.
+        self._seen_count = self.count
+        self.missed_writes = 0
+        self.total_missed_writes = 0
         self.set_wait_strategy("futex")
 
     # -- creation / attachment ---------------------------------------------------
@@ -264,18 +273,43 @@ class Stream:
         """True if publication ``count`` has not been overwritten (not lapped)."""
         return _sync.slot_seq(self.slot_addrs[(count - 1) % self.nslots]) == count
 
-    def read(self) -> np.ndarray:
-        """A consistent private copy of the newest value (zeros before any write)."""
-        if not self.has_host_payload:
-            self.slot_views.refuse()
+    def read(self, *, safe: bool = True, out=None, timeout: float | None = None,
+             poll_interval: float | None = None):
+        """A consistent private copy of the newest value (zeros before any write).
+
+        pyshmem's keywords: ``out`` receives the copy instead of a new array;
+        ``safe=False`` returns the newest slot's live view (valid until the
+        writer laps it); ``timeout`` and ``poll_interval`` are accepted (a read
+        never waits for the writer: it copies, re-checks, retries if lapped).
+        """
+        if not safe and out is not None:
+            raise ValueError("out is supported only for safe reads; pass safe=True with out=")
         while True:
             count, view = self.latest()
             if view is None:
-                return np.zeros(self.shape, self.dtype)
-            copy = np.array(view, copy=True)
+                self._record_read(0)
+                return self._snapshot(None, out)
+            if not safe:
+                self._record_read(count)
+                return view
+            copy = self._snapshot(view, out)
             if self.still_valid(count):
-                self.last_read_count = count
+                self._record_read(count)
                 return copy
+
+    def _snapshot(self, view, out):
+        """A private copy of ``view`` (into ``out`` when given); zeros for ``None``."""
+        if view is None:
+            if not self.has_host_payload:
+                self.slot_views.refuse()
+            if out is None:
+                return np.zeros(self.shape, self.dtype)
+            out[...] = 0
+            return out
+        if out is None:
+            return np.array(view, copy=True)
+        np.copyto(out, view)
+        return out
 
     def read_host(self) -> np.ndarray:
         """``read()`` as a NumPy array, wherever the stream lives."""
@@ -412,17 +446,16 @@ class DeviceStream(Stream):
         self.backend.upload(self.next_slot(), value)
         return self.publish(frame_id or 0, origin_ns)
 
-    def read(self):
-        """A consistent private copy of the newest value, on the device."""
-        while True:
-            count, view = self.latest()
-            if view is None:
-                return self.xp.zeros(self.shape, self.dtype)
-            copy = view.copy()
-            self._synchronize()
-            if self.still_valid(count):
-                self.last_read_count = count
-                return copy
+    def _snapshot(self, view, out):
+        """A private device copy of ``view`` (zeros for ``None``), complete when returned."""
+        if out is not None:
+            raise ValueError("out is supported only for host reads; a device read returns a new device "
+                             "array (use read_host() for NumPy)")
+        if view is None:
+            return self.xp.zeros(self.shape, self.dtype)
+        copy = view.copy()
+        self._synchronize()
+        return copy
 
     def read_host(self) -> np.ndarray:
         return self.backend.to_numpy(self.read())
