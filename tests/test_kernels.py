@@ -658,7 +658,7 @@ class TestTipTiltController:
 
 
 class TestLegacyKinds:
-    @pytest.mark.parametrize("kind", ["cpu.centroid", "cpu.tip_tilt_controller", "cpu.tomographic_controller"])
+    @pytest.mark.parametrize("kind", ["cpu.centroid", "cpu.tip_tilt_controller"])
     def test_resolving_warns(self, kind):
         with pytest.warns(DeprecationWarning, match=kind):
             REGISTRY.get(kind)
@@ -667,7 +667,7 @@ class TestLegacyKinds:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             for kind in REGISTRY.kinds():
-                if kind not in ("cpu.centroid", "cpu.tip_tilt_controller", "cpu.tomographic_controller"):
+                if kind not in ("cpu.centroid", "cpu.tip_tilt_controller"):
                     REGISTRY.get(kind)
 
 

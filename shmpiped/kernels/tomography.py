@@ -1,4 +1,4 @@
-"""The legacy fused tomographic AO controller (``cpu.tomographic_controller`` and its GPU twin).
+"""shmpipeline's fused tomographic AO controller (``cpu.tomographic_controller`` and its GPU twin).
 
 One worker does what a tomographic loop with eight Shack-Hartmann wavefront
 sensors does per frame:
@@ -69,8 +69,10 @@ def _tile_size(config) -> int:
 class TomographicControllerKernel(Kernel):
     """Eight calibrated Shack-Hartmann sensors -> tomographic reconstruction -> clipped DM command.
 
-    shmpipeline 1.3.0 lists this kind among its legacy AO kernels; like
-    ``cpu.tip_tilt_controller`` it warns as deprecated when resolved.
+    shmpipeline 1.3.0 lists this kind among its legacy AO kernels; shmpiped
+    keeps it first-class, like ``cpu.shack_hartmann_centroid`` (see
+    ``registry.LEGACY_AO_KERNEL_KINDS``): it is the only way to run that
+    release's tomographic example, and resolving it does not warn.
     ``borrow_gpu_inputs`` (shmpipeline's GPU option to use the input tensor
     without a copy) is accepted and has no effect: shmpiped always hands the
     kernel zero-copy views of the input slots.
@@ -79,7 +81,6 @@ class TomographicControllerKernel(Kernel):
     kind = "cpu.tomographic_controller"
     input_arity = None
     auxiliary_arity = None
-    deprecated = True
 
     @classmethod
     def validate_config(cls, config, shared_memory) -> None:
