@@ -47,19 +47,26 @@ def load_and_validate(path: str):
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(files) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"valid": ..., "files": [{"path", "valid", "errors"}]} instead of text.')
+def validate(files, as_json: bool) -> None:
     """Check pipeline files; print every error (exit 78 if any file is invalid)."""
-    invalid = False
+    results = []
     for path in files:
         _, errors = load_and_validate(path)
+        results.append({"path": path, "valid": not errors, "errors": errors})
+        if as_json:
+            continue
         if errors:
-            invalid = True
             click.echo(f"{path}: invalid ({len(errors)} error{'s' if len(errors) > 1 else ''})")
             for error in errors:
                 click.echo(f"  - {error}")
         else:
             click.echo(f"{path}: valid")
-    sys.exit(EXIT_CONFIG if invalid else EXIT_OK)
+    valid = all(result["valid"] for result in results)
+    if as_json:
+        click.echo(json.dumps({"valid": valid, "files": results}, indent=2))
+    sys.exit(EXIT_OK if valid else EXIT_CONFIG)
 
 
 @main.command()
@@ -138,10 +145,13 @@ def _optional(value: str | None) -> str | None:
 @click.option("--status-interval", envvar="SHMPIPED_STATUS_INTERVAL", type=float, default=5.0, show_default=True,
               help="Seconds between status lines (and systemd STATUS= updates).")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--json-status", is_flag=True, help="Print the final runtime snapshot as JSON on the way out.")
+@click.option("--poll-interval", type=float, default=None, hidden=True,
+              help="Accepted for shmpipeline compatibility; the supervisor loop runs at 10 Hz.")
 @click.option("--debug-commands", is_flag=True, hidden=True, envvar="SHMPIPED_DEBUG_COMMANDS")
 def run(pipeline, namespace, http_address, control_socket, restart_budget, restart_window, backoff_initial,
         backoff_max, watchdog_timeout, target_rate, fail_fast, run_log_level, log_format, status_interval,
-        duration, debug_commands) -> None:
+        duration, json_status, poll_interval, debug_commands) -> None:
     """Run PIPELINE (default: the embedded adaptive-optics demo) as a supervised daemon.
 
     Exit status: 0 stopped on request, 69 HTTP address unavailable, 70 failed beyond its restart budget,
@@ -167,7 +177,11 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
         policy=policy, fail_fast=fail_fast, duration=duration, status_interval=status_interval,
         target_rate_hz=target_rate, debug_commands=debug_commands,
     )
-    sys.exit(Daemon(settings).run())
+    daemon = Daemon(settings)
+    status = daemon.run()
+    if json_status and daemon.final_snapshot is not None:
+        click.echo(json.dumps(daemon.final_snapshot, indent=2, sort_keys=True, default=str))
+    sys.exit(status)
 
 
 # ---------------------------------------------------------------------- ctl
@@ -203,8 +217,8 @@ def list_segments(namespace: str | None = None) -> list[dict]:
         parsed = layout.parse_segment_name(name)
         if parsed is None or (namespace and parsed[0] != namespace):
             continue
-        row = {"segment": name, "namespace": parsed[0], "stream": parsed[1],
-               "kind": "namespace" if parsed[1] is None else "stream",
+        kind = "stream" if parsed[1] is not None else ("pipeline" if "@" in name else "namespace")
+        row = {"segment": name, "namespace": parsed[0], "stream": parsed[1], "kind": kind,
                "size": os.stat(os.path.join(layout.DEV_SHM, name)).st_size}
         try:
             segment = Segment.open(name, writable=False)
@@ -250,6 +264,7 @@ def shm_ls(namespace: str | None, as_json: bool) -> None:
 def shm_rm(namespace: str | None, force: bool) -> None:
     """Remove stale shmpiped segments (all of a namespace's with --force)."""
     from .shm import layout
+    from .shm.segment import unlink_unless_held
 
     refused = 0
     for row in list_segments(namespace):
@@ -258,7 +273,11 @@ def shm_rm(namespace: str | None, force: bool) -> None:
             continue
         if not row["stale"] and not force and not namespace:
             continue
-        os.unlink(os.path.join(layout.DEV_SHM, row["segment"]))
+        if force:
+            os.unlink(os.path.join(layout.DEV_SHM, row["segment"]))
+        elif not unlink_unless_held(row["segment"]):  # its owner came back meanwhile: leave it
+            refused += 1
+            continue
         click.echo(f"removed {row['segment']}")
     if refused:
         click.echo(f"kept {refused} segment(s) owned by live processes (use --force to remove them)", err=True)
@@ -289,21 +308,50 @@ def view(stream: str, namespace: str | None, mode: str, png_path: str | None, in
 
 
 # ---------------------------------------------------------------------- kinds
-@main.command()
-def kinds() -> None:
-    """List the registered kernel, source and sink kinds."""
+def registered_kinds() -> dict:
+    """Every registered kind by role, and whether the gpu.* kinds can run here (and why not)."""
     from .kernels.registry import default_registry
     from .shm.device import gpu_status
 
     registry = default_registry()
-    for title, names in (("kernels", registry.kinds()), ("sources", registry.source_kinds()),
-                         ("sinks", registry.sink_kinds())):
-        click.echo(f"{title}:")
-        for name in names:
-            click.echo(f"  {name}")
     status = gpu_status()
-    if not status.usable:
-        click.echo(f"(the gpu.* kernel kinds are not available: {status.reason})")
+    return {"kernels": list(registry.kinds()), "sources": list(registry.source_kinds()),
+            "sinks": list(registry.sink_kinds()), "gpu": {"usable": status.usable, "reason": status.reason}}
+
+
+def _print_kinds(roles: tuple[str, ...], as_json: bool) -> None:
+    found = registered_kinds()
+    if as_json:
+        click.echo(json.dumps({role: found[role] for role in (*roles, "gpu")}, indent=2))
+        return
+    for role in roles:
+        if len(roles) > 1:
+            click.echo(f"{role}:")
+        for name in found[role] or [f"(no {role[:-1]} plugins registered)"]:
+            click.echo(f"  {name}" if len(roles) > 1 else name)
+    if "kernels" in roles and not found["gpu"]["usable"]:
+        click.echo(f"(the gpu.* kernel kinds are not available: {found['gpu']['reason']})")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def kinds(as_json: bool) -> None:
+    """List the registered kernel, source and sink kinds."""
+    _print_kinds(("kernels", "sources", "sinks"), as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def sources(as_json: bool) -> None:
+    """List the registered source kinds."""
+    _print_kinds(("sources",), as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def sinks(as_json: bool) -> None:
+    """List the registered sink kinds."""
+    _print_kinds(("sinks",), as_json)
 
 
 # ---------------------------------------------------------------------- bench
@@ -449,10 +497,13 @@ def bench_pyshmem(frames: int, rate: float, runs: int, as_json: bool) -> None:
 @click.option("--source", default=None, metavar="STREAM:PATTERN[:RATE]",
               help="Drive STREAM with a synthetic input, e.g. input:random:1000.")
 @click.option("--output-stream", default=None, help="Where to measure (default: the one terminal stream).")
+@click.option("--poll-interval", type=float, default=None, hidden=True,
+              help="Accepted for shmpipeline compatibility: the measurement parks on the stream.")
 @click.option("--json", "as_json", is_flag=True)
 def bench_pipeline(file: str, duration: float, warmup: float, source: str | None,
-                   output_stream: str | None, as_json: bool) -> None:
-    """Run FILE and report throughput, end-to-end latency and per-worker exec times."""
+                   output_stream: str | None, poll_interval: float | None, as_json: bool) -> None:
+    """Run FILE and report throughput, end-to-end latency and per-worker exec times
+    (`shmpiped benchmark FILE` is the same command, under shmpipeline's name)."""
     from .bench import pipeline
     from .config import PipelineConfig
 
@@ -497,6 +548,9 @@ def format_pipeline_report(report: dict) -> str:
         lines.append(f"  {name:<16} exec avg={w['avg_exec_us']:.1f} p99={w['p99_exec_us']:.1f} "
                      f"jitter={w['jitter_us_rms']:.1f} us  {w['throughput_hz']:.1f} Hz  overruns={w['overruns']}")
     return "\n".join(lines)
+
+
+main.add_command(bench_pipeline, "benchmark")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,8 @@ def wait_counters(snapshot) -> dict:
     return {
         "waits": snapshot.field(layout.REC_WAITS),
         "timeouts": snapshot.field(layout.REC_TIMEOUTS),
+        "overruns": snapshot.field(layout.REC_OVERRUNS),
+        "input_copy": bool(snapshot.field(layout.REC_INPUT_COPY)),
         "frame_sync_skew_events": snapshot.field(layout.REC_SKEW_EVENTS),
         "frame_sync_skipped_generations": snapshot.field(layout.REC_SKIPPED_GENERATIONS),
         "frame_sync_timeouts": snapshot.field(layout.REC_SYNC_TIMEOUTS),
@@ -76,7 +78,6 @@ def worker_metrics(snapshot, now_ns: int) -> dict:
         "metrics_window": int(exec_s.size),
         "runtime_s": max((now_ns - started) / 1e9, 1e-12) if started else 0.0,
         "last_output_count": snapshot.field(layout.REC_LAST_OUTPUT_COUNT),
-        "overruns": snapshot.field(layout.REC_OVERRUNS),
         **wait_counters(snapshot),
     }
     metrics["last_exec_ms"] = metrics["last_exec_us"] / 1e3

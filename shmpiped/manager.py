@@ -20,16 +20,14 @@ import atexit
 import collections
 import logging
 import os
-import pickle
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 import weakref
 
-from . import health, measure
+from . import health, measure, spawning
 from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
 from .errors import (
     ConfigValidationError,
@@ -44,7 +42,7 @@ from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
 from .state import PipelineState
 from .streams import default_notify, provision_stream, remove_stale_segments, write_initial_value
-from .worker import WorkerSpec
+from .worker import WorkerSpec, encode_spec
 
 log = logging.getLogger("shmpiped.manager")
 
@@ -114,7 +112,6 @@ class PipelineManager:
         self.config: PipelineConfig = config
         self.spawn_method = spawn_method  # accepted for compatibility: workers are always fresh interpreters
         self.placement_policy = placement_policy or RoundRobinPlacementPolicy()
-        self._explicit_registry = registry  # shipped to workers only when given explicitly
         self._registry = registry
         self.worker_start_timeout = float(worker_start_timeout)
         self.slots = int(slots)
@@ -148,6 +145,13 @@ class PipelineManager:
     @property
     def namespace(self) -> str:
         return self.config.namespace or layout.DEFAULT_NAMESPACE
+
+    @property
+    def shares_namespace(self) -> bool:
+        """True when the pipeline runs in the shared default namespace (no ``namespace:`` given):
+        other pipelines may run there too, and ownership is per stream.  An explicit namespace
+        is claimed whole."""
+        return self.config.namespace is None
 
     @property
     def registry(self):
@@ -192,10 +196,16 @@ class PipelineManager:
             log.info("validating pipeline config")
             from .validation import validate_pipeline_config
 
+            if spawning.running_parent_main:
+                raise RuntimeError(
+                    "a worker process re-ran the top-level code of your script to load a kernel class "
+                    "defined in it, and that code builds a pipeline: put it under "
+                    "`if __name__ == \"__main__\":`")
             errors = validate_pipeline_config(self.config, self.registry)
             if errors:
                 raise ConfigValidationError(errors[0], errors=errors)
-            block = NamespaceBlock.acquire(self.config.namespace)
+            self._check_loadable(self.config.kernels)
+            block = NamespaceBlock.acquire(self.config.namespace, shared=self.shares_namespace)
             created: list[Stream] = []
             opened: list[Stream] = []
             try:
@@ -206,7 +216,8 @@ class PipelineManager:
                     self._event("stale_segments_removed", segments=removed)
                 notify = default_notify(self.config)
                 for spec in self.config.shared_memory:
-                    stream, was_created = provision_stream(spec, self.config, self.slots, notify[spec.name])
+                    stream, was_created = provision_stream(spec, self.config, self.slots, notify[spec.name],
+                                                           shared=block.shared)
                     (created if was_created else opened).append(stream)
                     if spec.initial is not None:
                         write_initial_value(stream, spec, self.config)
@@ -225,6 +236,19 @@ class PipelineManager:
             self.kernel_configs = {k.name: k for k in self.config.kernels}
             self._set_state(PipelineState.BUILT, "streams built")
             return self
+
+    def _check_loadable(self, kernels) -> None:
+        """Raise, naming the class, its module and why, if a worker could not load a kernel's class."""
+        errors = []
+        for kernel in kernels:
+            cls = self.registry.get(kernel.kind)
+            why = spawning.why_unloadable(cls)
+            if why:
+                errors.append(self.config.locate(
+                    f"kernel {kernel.name!r}: its class {cls.__qualname__} (module {cls.__module__}) "
+                    f"cannot be loaded in a worker process: {why}", kernel))
+        if errors:
+            raise ConfigValidationError(errors[0], errors=errors)
 
     # ------------------------------------------------------------------ start / stop
     def start(self, wait: bool = True) -> "PipelineManager":
@@ -278,25 +302,22 @@ class PipelineManager:
         shared = {name: self.config.stream(name) for name in (*kernel.all_inputs, *kernel.all_outputs)}
         spec = WorkerSpec(
             kernel=kernel,
+            kernel_class=self.registry.get(kernel.kind),
             shared_memory=shared,
             namespace=self.namespace,
+            block_name=self._block.name,
             record_index=handle.record_index,
             spawn_token=handle.spawn_token,
             cpu_slot=cpu_slot,
             config_base_dir=str(self.config.base_path),
             parent_pid=os.getpid(),
-            registry=self._explicit_registry,
             wait_strategy=self.wait_strategy,
             telemetry=self.telemetry,
         )
-        payload = pickle.dumps(spec)
+        payload = encode_spec(spec)
         threads = str(blas_threads(kernel))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shmpiped.worker", kernel.name],
-            stdin=subprocess.PIPE,
-            close_fds=True,
-            env={**os.environ, **dict.fromkeys(BLAS_THREAD_VARIABLES, threads)},
-        )
+        process = spawning.start_child("shmpiped.worker:main", kernel.name, stdin=subprocess.PIPE,
+                                       close_fds=True, env=dict.fromkeys(BLAS_THREAD_VARIABLES, threads))
         try:
             process.stdin.write(payload)
             process.stdin.close()
@@ -493,12 +514,14 @@ class PipelineManager:
             errors = validate_pipeline_config(candidate, self.registry)
             if errors:
                 raise ConfigValidationError(errors[0], errors=errors)
+            self._check_loadable([kernel])
             previous = self.config
             created: list[Stream] = []
             try:
                 notify = default_notify(candidate)
                 for spec in new_specs:
-                    stream, was_created = provision_stream(spec, candidate, self.slots, notify[spec.name])
+                    stream, was_created = provision_stream(spec, candidate, self.slots, notify[spec.name],
+                                                           shared=self._block.shared)
                     self.streams[spec.name] = stream
                     if was_created:
                         created.append(stream)
@@ -672,8 +695,9 @@ class PipelineManager:
             entry.update(metrics)
             entry["exec_histogram"] = health.histogram(snap, layout.REC_EXEC_HIST, layout.REC_EXEC_SUM_NS)
             self._note_overruns(handle.name, metrics["overruns"])
-        elif snap is not None:  # no frame yet: a frame-id barrier may still be skipping generations
+        elif snap is not None:  # no frame yet: lapped every time, or a frame-id barrier still skipping
             entry.update(health.wait_counters(snap))
+            self._note_overruns(handle.name, entry["overruns"])
         return entry
 
     def _note_overruns(self, name: str, overruns: int) -> None:

@@ -5,6 +5,13 @@
 incompatible one, refuse per ``create``/``attach``.  A segment whose creator
 died without keeping it on purpose is stale and is removed first, so a build
 after a crash starts clean.
+
+Ownership is per stream.  A stream whose creator is alive is never removed or
+replaced: reusing it is allowed only to read it (mode ``attach``, or
+``create_or_attach`` of a compatible stream).  In a shared namespace (the
+default one, where several pipelines run side by side) a stream this pipeline
+writes must not belong to another live process: the clash names the stream and
+its owner.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import os
 import numpy as np
 
 from .config import PipelineConfig, SharedMemoryConfig
-from .errors import ConfigValidationError, SharedMemoryError
+from .errors import ConfigValidationError, NamespaceBusyError, SharedMemoryError
 from .shm import layout
-from .shm.stream import Stream, segment_is_stale
+from .shm.segment import unlink_unless_held
+from .shm.stream import Stream
 
 log = logging.getLogger("shmpiped.streams")
 
@@ -32,9 +40,18 @@ def default_notify(config: PipelineConfig) -> dict[str, bool]:
     }
 
 
+def written_streams(config: PipelineConfig) -> set[str]:
+    """The streams a pipeline's own kernels and sources write."""
+    return {name for k in config.kernels for name in k.outputs} | {
+        name for s in config.sources for name in s.streams}
+
+
 def provision_stream(spec: SharedMemoryConfig, config: PipelineConfig, slots: int,
-                     notify: bool) -> tuple[Stream, bool]:
-    """Open or create the stream of ``spec`` according to its mode; (stream, created)."""
+                     notify: bool, shared: bool = False) -> tuple[Stream, bool]:
+    """Open or create the stream of ``spec`` according to its mode; (stream, created).
+
+    ``shared``: the namespace is shared with other pipelines (see the module docstring).
+    """
     namespace = config.namespace or layout.DEFAULT_NAMESPACE
     resource = layout.stream_segment_name(namespace, spec.name)
     for _attempt in range(3):
@@ -44,6 +61,16 @@ def provision_stream(spec: SharedMemoryConfig, config: PipelineConfig, slots: in
                 existing.close()
                 raise SharedMemoryError(errno.EEXIST, config.locate(
                     f"shared memory '{spec.name}' already exists and its mode is 'create'", spec))
+            live_owner = existing.segment.owner_alive()
+            if live_owner and spec.mode != "attach" and (
+                    spec.mode == "replace" or not stream_matches(existing, spec)
+                    or (shared and spec.name in written_streams(config))):
+                owner = existing.segment.owner()
+                existing.close()
+                raise NamespaceBusyError(config.locate(
+                    f"shared memory '{spec.name}' belongs to pid {owner.pid} on {owner.host or 'this host'}, "
+                    f"which is still running (another pipeline?); rename the stream, give one of the "
+                    f"pipelines a namespace of its own, or read it with mode: attach", spec))
             if spec.mode != "replace" and stream_matches(existing, spec):
                 return existing, False
             if spec.mode == "attach":
@@ -52,7 +79,8 @@ def provision_stream(spec: SharedMemoryConfig, config: PipelineConfig, slots: in
                     f"existing shared memory '{spec.name}' does not match the requested attach "
                     f"configuration (it has shape {existing.shape} and dtype {existing.dtype.name})", spec))
             existing.close()
-            unlink_segment(resource)
+            if not unlink_unless_held(resource):
+                continue  # its owner came back to life, or someone replaced it: look again
         elif spec.mode == "attach":
             raise FileNotFoundError(config.locate(f"shared memory stream '{spec.name}' does not exist", spec))
         try:
@@ -67,17 +95,16 @@ def provision_stream(spec: SharedMemoryConfig, config: PipelineConfig, slots: in
 
 
 def _open_existing(name: str, namespace: str, resource: str) -> Stream | None:
-    if segment_is_stale(resource):
-        log.warning("removing stale segment %s (its creator is gone)", resource)
-        unlink_segment(resource)
+    if remove_if_stale(resource):
+        log.warning("removed stale segment %s (its creator is gone)", resource)
         return None
     try:
         return Stream.attach(name, namespace, gpu_device=True)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        log.warning("replacing unreadable segment %s: %s", resource, exc)
-        unlink_segment(resource)
+        if unlink_unless_held(resource):
+            log.warning("removed unreadable segment %s: %s", resource, exc)
         return None
 
 
@@ -100,25 +127,47 @@ def stream_matches(stream: Stream, spec: SharedMemoryConfig) -> bool:
                                                      stream.cpu_mirror == bool(spec.cpu_mirror))
 
 
+def _removable_when_unheld(segment) -> bool:
+    """Stale once unheld: a control block, a GPU stream (its device memory died with its creator),
+    or a stream not kept on purpose (``shutdown(unlink=False)``)."""
+    if segment.header(layout.H_STORAGE) == layout.STORAGE_CODES["gpu"]:
+        return True
+    return not (segment.header(layout.H_FLAGS) & layout.FLAG_KEPT)
+
+
+def remove_if_stale(resource: str) -> bool:
+    """Remove segment ``resource`` if its creator died and did not keep it; True when removed."""
+    return unlink_unless_held(resource, _removable_when_unheld)
+
+
 def remove_stale_segments(namespace: str) -> list[str]:
-    """Remove the stream segments of ``namespace`` whose creator died; returns their names."""
+    """Remove the streams and pipeline blocks of ``namespace`` whose creator died; returns their names.
+
+    A segment whose owner is alive is never touched (the check and the removal
+    happen under an exclusive lock on the file).
+    """
     removed = []
-    prefix = layout.namespace_segment_name(namespace) + "."
+    prefixes = layout.namespace_members_prefixes(namespace)
     try:
         names = os.listdir(layout.DEV_SHM)
     except OSError:
         return removed
     for name in sorted(names):
-        if name.startswith(prefix) and segment_is_stale(name):
-            unlink_segment(name)
+        if name.startswith(prefixes) and remove_if_stale(name):
             removed.append(name)
     return removed
 
 
 def write_initial_value(stream: Stream, spec: SharedMemoryConfig, config: PipelineConfig) -> None:
-    """Publish the ``initial`` value of ``spec`` into ``stream`` (computed on the host)."""
+    """Publish the ``initial`` value of ``spec`` into ``stream``.
+
+    A host slot is filled in place (a 1 GiB calibration matrix costs no second
+    GiB, and a normal pattern is drawn in the stream's own dtype, seeded as
+    shmpipeline draws it); a device slot gets the value computed on the host.
+    """
     initial = spec.initial
-    value = np.zeros(stream.shape, stream.dtype)
+    slot = stream.next_slot()
+    value = slot if isinstance(slot, np.ndarray) else np.zeros(stream.shape, stream.dtype)
     where = lambda message: config.locate(message, spec)  # noqa: E731
     if initial.pattern == "constant":
         value[...] = initial.value
@@ -126,7 +175,14 @@ def write_initial_value(stream: Stream, spec: SharedMemoryConfig, config: Pipeli
         if not np.issubdtype(stream.dtype, np.floating):
             raise ConfigValidationError(where(f"normal initializer for '{spec.name}' requires a floating-point dtype"))
         rng = np.random.default_rng(initial.seed)
-        value[...] = rng.standard_normal(stream.shape) * initial.std + initial.mean
+        if stream.dtype in (np.float32, np.float64):
+            rng.standard_normal(size=value.shape, dtype=stream.dtype, out=value)
+        else:  # float16 and longer floats: numpy draws only float32/float64
+            value[...] = rng.standard_normal(value.shape)
+        if initial.std != 1.0:
+            np.multiply(value, initial.std, out=value, casting="unsafe")
+        if initial.mean != 0.0:
+            np.add(value, initial.mean, out=value, casting="unsafe")
     elif initial.pattern == "values":
         values = np.asarray(initial.values, dtype=stream.dtype)
         if values.shape != tuple(stream.shape):
@@ -134,5 +190,9 @@ def write_initial_value(stream: Stream, spec: SharedMemoryConfig, config: Pipeli
                 f"values initializer for '{spec.name}' has shape {values.shape}, expected {tuple(stream.shape)}"))
         value[...] = values
     elif initial.pattern == "identity":
+        value[...] = 0
         np.fill_diagonal(value, initial.scale)
-    stream.write(value)
+    if value is slot:
+        stream.publish()
+    else:
+        stream.write(value)

@@ -52,6 +52,7 @@ from collections import deque
 
 import numpy as np
 
+from . import spawning
 from .errors import SharedMemoryError, ShmPipelineError
 from .shm import layout
 from .shm.device import DeviceUnavailable
@@ -666,7 +667,7 @@ def _file_identity(path: str) -> tuple[int, int] | None:
 
 # -- the viewer's own process ------------------------------------------------------------
 class ViewerProcess:
-    """A viewer running in its own process: ``python -m shmpiped.viewer STREAM ...``.
+    """A viewer running in its own process (``shmpiped view STREAM ...``, started by ``shmpiped.spawning``).
 
     The viewer attaches read-only, takes no lock, never registers as a futex
     waiter and runs at lowered priority (``nice``), so it never slows the
@@ -700,7 +701,7 @@ class ViewerProcess:
         self.stream = stream
         self.namespace = namespace or layout.DEFAULT_NAMESPACE
         self.name = f"shmpiped-viewer-{stream}"
-        args = [sys.executable, "-m", "shmpiped.viewer", stream, "--namespace", self.namespace,
+        args = [stream, "--namespace", self.namespace,
                 "--mode", mode, "--interval", repr(float(interval)), "--nice", str(int(nice))]
         if png_path:
             args += ["--png", os.fspath(png_path)]
@@ -709,8 +710,8 @@ class ViewerProcess:
         if duration is not None:
             args += ["--duration", repr(float(duration))]
         self.args = args
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                        close_fds=True)
+        self.process = spawning.start_child("shmpiped.viewer:main", *args, stdin=subprocess.DEVNULL,
+                                            stdout=stdout, stderr=stderr, close_fds=True)
 
     @property
     def pid(self) -> int:

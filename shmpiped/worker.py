@@ -1,7 +1,9 @@
 """The worker process: one kernel, its streams, and the hot loop.
 
-Started by the manager as ``python -m shmpiped.worker`` with a pickled
-:class:`WorkerSpec` on standard input.  Per frame the loop waits for its
+Started by the manager through ``shmpiped.spawning`` (a fresh interpreter
+with the manager's ``sys.path``) with a pickled envelope on standard input:
+where its telemetry record is, how to re-import the manager's ``__main__``
+when the kernel class lives there, then the :class:`WorkerSpec` itself.  Per frame the loop waits for its
 trigger input(s) (futex, no polling), hands zero-copy views of the newest
 slots to the kernel, which computes straight into the next slot of each
 output, publishes them with the trigger's frame id and origin timestamp, and
@@ -17,6 +19,13 @@ from CUDA events recorded around the kernel call, and the loop waits for
 that work to finish before it checks the inputs were not lapped and
 publishes.
 
+A kernel slower than its input's ring (the writer laps the slot it reads
+before it is done) would drop every frame.  After ``COPY_AFTER_OVERRUNS``
+such frames in a row a CPU worker switches, for good, to copying its trigger
+inputs into buffers allocated once: it checks the copy was not lapped before
+the kernel runs, so it computes the newest frame it could copy whole.  The
+record's ``REC_INPUT_COPY`` word tells the manager.
+
 A worker that fails writes its traceback into its telemetry record, sets its
 state to failed and exits 1.  It exits by itself (status 0) when the manager
 asks it to stop, and when the process that started it has gone.
@@ -24,20 +33,28 @@ asks it to stop, and when the process that started it has gone.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import signal
 import sys
 import time
 import traceback
+import types
+import warnings
 from dataclasses import dataclass, field
 
+import numpy
+
+from . import spawning
 from .shm import device, layout
 from .shm.stream import HostStreamOnDevice, Stream
 from .shm.telemetry import NamespaceBlock
 
 PARENT_CHECK_NS = 250_000_000
 EXIT_FAILED = 1
+#: Consecutive frames lapped while computing after which a CPU worker reads private copies of its inputs.
+COPY_AFTER_OVERRUNS = 3
 
 
 @dataclass(frozen=True)
@@ -45,14 +62,15 @@ class WorkerSpec:
     """Everything a worker needs, picklable."""
 
     kernel: object                      # KernelConfig
+    kernel_class: type                  # resolved by the manager's registry; pickled by reference
     shared_memory: dict                 # stream name -> SharedMemoryConfig
     namespace: str
+    block_name: str                     # the pipeline's control block (telemetry records, pause flag)
     record_index: int
     spawn_token: int
     cpu_slot: int | None
     config_base_dir: str
     parent_pid: int
-    registry: object | None = None      # explicit KernelRegistry, else the default one
     wait_strategy: str = "futex"
     telemetry: bool = True
     extra: dict = field(default_factory=dict)
@@ -82,26 +100,25 @@ def run(spec: WorkerSpec) -> int:
     record = None
     streams: list[Stream] = []
     try:
-        block = NamespaceBlock.attach(spec.namespace)
-        record = block.worker_record(spec.record_index)
-        if record.get(layout.REC_SPAWN_TOKEN) != spec.spawn_token:
-            raise RuntimeError("telemetry record was reassigned before this worker started")
+        block, record = _claim_record(spec.block_name, spec.record_index, spec.spawn_token)
         record.start(os.getpid(), spec.cpu_slot)
         record.set_state(layout.WS_STARTING)
         _pin(spec.cpu_slot)
 
-        from .kernels.registry import default_registry
+        from .kernels.registry import KernelRegistry
 
-        registry = spec.registry or default_registry()
         config = spec.kernel
+        registry = KernelRegistry(lazy_kernels={config.kind: lambda: spec.kernel_class})
         timer = None
         gpu_device = None
-        if getattr(registry.get(config.kind), "storage", "cpu") == "gpu":
+        if getattr(spec.kernel_class, "storage", "cpu") == "gpu":
             gpu_device = spec.shared_memory[config.output].gpu_device
             backend = device.backend()
             backend.select(device.gpu_device_index(gpu_device))  # before the kernel allocates its buffers
             timer = backend.timer()
-        kernel = registry.create(config, spec.shared_memory, config_base_dir=spec.config_base_dir)
+        with warnings.catch_warnings():  # a legacy kind: the manager said so when it validated the file
+            warnings.filterwarnings("ignore", message="kernel kind .* is deprecated", category=DeprecationWarning)
+            kernel = registry.create(config, spec.shared_memory, config_base_dir=spec.config_base_dir)
 
         def attach(name: str, is_input: bool = True) -> Stream:
             stream = Stream.attach(name, spec.namespace, gpu_device=gpu_device)
@@ -125,13 +142,7 @@ def run(spec: WorkerSpec) -> int:
             record.set_state(layout.WS_STOPPED)
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we exit
-        text = "".join(traceback.format_exception(exc))
-        if record is not None:
-            record.write_error(f"{type(exc).__name__}: {exc}\n{text}")
-            record.set_state(layout.WS_FAILED)
-        sys.stderr.write(f"shmpiped worker {getattr(spec.kernel, 'name', '?')!r} failed:\n{text}")
-        sys.stderr.flush()
-        return EXIT_FAILED
+        return _report_failure(record, getattr(spec.kernel, "name", "?"), exc)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for stream in streams:
@@ -159,6 +170,8 @@ class HotLoop:
         self.all_new = config.trigger_policy == "all_new"
         self.sync = config.synchronization if config.requires_matching_frame_id else None
         self.skew_started: float | None = None
+        self.lapped_in_a_row = 0
+        self.input_copies: list | None = None  # private copies of the trigger inputs, once too slow for them
 
     # -- the rare paths -----------------------------------------------------------
     def _check_parent(self) -> None:
@@ -181,6 +194,14 @@ class HotLoop:
             count, view = stream.latest()
             counts[i] = count
             views[alias] = view if view is not None else stream.slot_views[0]
+
+    def _note_lapped(self) -> None:
+        """Count a frame lapped while computing; switch to input copies when it keeps happening."""
+        self.record.increment(layout.REC_OVERRUNS)
+        self.lapped_in_a_row += 1
+        if self.lapped_in_a_row >= COPY_AFTER_OVERRUNS and self.input_copies is None and self.timer is None:
+            self.input_copies = [numpy.empty(t.shape, t.dtype) for t in self.triggers]
+            self.record.set_input_copy()
 
     def _auxiliaries_intact(self) -> bool:
         counts = self.aux_counts
@@ -244,18 +265,29 @@ class HotLoop:
             if has_aux:
                 self._read_auxiliaries()
             start = monotonic_ns()
+            copies = self.input_copies
+            if copies is None:
+                trigger_view = view_of(count)
+            else:  # too slow for the input's ring: compute on a copy checked whole before the kernel runs
+                trigger_view = copies[0]
+                numpy.copyto(trigger_view, view_of(count))
+                if not still_valid(count):
+                    last = count
+                    self._note_lapped()
+                    continue
             if timer is not None:
                 timer.begin()
             if single_output:
-                kernel.compute_into(view_of(count), primary.next_slot(), aux_views)
+                kernel.compute_into(trigger_view, primary.next_slot(), aux_views)
             else:
-                kernel.compute_into_multiple(view_of(count), [o.next_slot() for o in outputs], aux_views)
+                kernel.compute_into_multiple(trigger_view, [o.next_slot() for o in outputs], aux_views)
             if timer is not None:
                 device_ns = timer.end()  # the device finished reading the inputs
             last = count
-            if not still_valid(count) or (has_aux and not self._auxiliaries_intact()):
-                record.increment(layout.REC_OVERRUNS)  # lapped while computing: drop the frame
+            if (copies is None and not still_valid(count)) or (has_aux and not self._auxiliaries_intact()):
+                self._note_lapped()  # lapped while computing: drop the frame
                 continue
+            self.lapped_in_a_row = 0
             if single_output:
                 out_count = primary.publish(frame_id, origin_ns)
             else:
@@ -328,8 +360,16 @@ class HotLoop:
             if self.sync is not None and not self._frames_match(frame_id, min_id, counts, last):
                 continue
             self.skew_started = None
+            copies = self.input_copies
             for i in range(n):
                 views[i] = triggers[i].view_of(counts[i])
+                if copies is not None:
+                    numpy.copyto(copies[i], views[i])
+                    views[i] = copies[i]
+            if copies is not None and not all(triggers[i].still_valid(counts[i]) for i in range(n)):
+                last[:] = counts
+                self._note_lapped()
+                continue
             if has_aux:
                 self._read_auxiliaries()
             start = monotonic_ns()
@@ -342,13 +382,14 @@ class HotLoop:
                 kernel.compute_into_multiple(trigger_input, [o.next_slot() for o in outputs], aux_views)
             if timer is not None:
                 device_ns = timer.end()
-            lapped = not all(triggers[i].still_valid(counts[i]) for i in range(n)) or (
+            lapped = (copies is None and not all(triggers[i].still_valid(counts[i]) for i in range(n))) or (
                 has_aux and not self._auxiliaries_intact()
             )
             last[:] = counts
             if lapped:
-                record.increment(layout.REC_OVERRUNS)
+                self._note_lapped()
                 continue
+            self.lapped_in_a_row = 0
             out_count = 0
             for stream in outputs:
                 out_count = stream.publish(frame_id, origin_ns)
@@ -381,11 +422,77 @@ class HotLoop:
         return False
 
 
+def _claim_record(block_name: str, index: int, spawn_token: int):
+    """(block, record) of this spawn; raises if the manager gave the record to another spawn meanwhile."""
+    block = NamespaceBlock.attach_segment(block_name)
+    record = block.worker_record(index)
+    if record.get(layout.REC_SPAWN_TOKEN) != spawn_token:
+        raise RuntimeError("telemetry record was reassigned before this worker started")
+    return block, record
+
+
+def _report_failure(record, kernel_name: str, exc: BaseException) -> int:
+    """Write the traceback where the manager reads it (and to stderr); the exit status of a failure."""
+    text = "".join(traceback.format_exception(exc))
+    if record is not None:
+        record.write_error(f"{type(exc).__name__}: {exc}\n{text}")
+        record.set_state(layout.WS_FAILED)
+    sys.stderr.write(f"shmpiped worker {kernel_name!r} failed:\n{text}")
+    sys.stderr.flush()
+    return EXIT_FAILED
+
+
+class _SpecPickler(pickle.Pickler):
+    """Pickles a WorkerSpec and notes whether it refers to anything defined in ``__main__``."""
+
+    uses_main = False
+
+    def reducer_override(self, obj):
+        if getattr(obj, "__module__", None) == "__main__" and isinstance(obj, (type, types.FunctionType)):
+            self.uses_main = True
+        return NotImplemented
+
+
+def encode_spec(spec: WorkerSpec) -> bytes:
+    """What the manager writes to a new worker's standard input (see ``main``)."""
+    buffer = io.BytesIO()
+    pickler = _SpecPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dump(spec)
+    envelope = {
+        "kernel": spec.kernel.name,
+        "block_name": spec.block_name,
+        "record_index": spec.record_index,
+        "spawn_token": spec.spawn_token,
+        "main": spawning.main_module_reference() if pickler.uses_main else None,
+        "spec": buffer.getvalue(),
+    }
+    return pickle.dumps(envelope, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _load_spec(envelope: dict) -> WorkerSpec:
+    """Import what the spec refers to (the manager's main module, shmpipeline plugins), then unpickle it."""
+    from .compat import install_shmpipeline_fallback
+
+    install_shmpipeline_fallback()  # plugins written against shmpipeline import it even where it is absent
+    if envelope["main"] is not None:
+        spawning.import_parent_main(envelope["main"])
+    try:
+        return pickle.loads(envelope["spec"])
+    except (AttributeError, ImportError) as exc:
+        raise RuntimeError(f"kernel {envelope['kernel']!r}: its class cannot be loaded in the worker: {exc}"
+                           ) from exc
+
+
 def main() -> int:
-    spec = pickle.load(sys.stdin.buffer)
+    """Entry point of a worker process (started by ``shmpiped.spawning``)."""
+    envelope = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
+    try:
+        spec = _load_spec(envelope)
+    except BaseException as exc:  # noqa: BLE001 - reported where the manager reads failures
+        try:
+            _, record = _claim_record(envelope["block_name"], envelope["record_index"], envelope["spawn_token"])
+        except Exception:  # noqa: BLE001 - the record is gone too: stderr is all we have
+            record = None
+        return _report_failure(record, envelope["kernel"], exc)
     return run(spec)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

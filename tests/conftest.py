@@ -48,8 +48,10 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def segments_of(namespace: str) -> list[str]:
+    """The namespace's block, streams and pipeline blocks (``<ns>@<instance>``) in /dev/shm."""
     block = layout.namespace_segment_name(namespace)
-    return sorted(n for n in os.listdir(layout.DEV_SHM) if n == block or n.startswith(block + "."))
+    members = layout.namespace_members_prefixes(namespace)
+    return sorted(n for n in os.listdir(layout.DEV_SHM) if n == block or n.startswith(members))
 
 
 @pytest.fixture

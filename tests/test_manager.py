@@ -383,6 +383,21 @@ def test_initial_values_are_published_at_build(namespace, manager_factory):
     assert m.get_stream("i").read().tolist() == (np.eye(3) * 4).tolist()
 
 
+def test_a_normal_initial_value_is_drawn_in_the_streams_dtype_as_shmpipeline_draws_it(namespace,
+                                                                                      manager_factory):
+    config = pipeline(namespace, [
+        stream("m32", (64, 32), "float32", initial={"pattern": "normal", "seed": 7, "mean": 0.5, "std": 0.1}),
+        stream("m16", (8,), "float16", initial={"pattern": "normal", "seed": 7}),
+        stream("out", (64, 32), "float32"),
+    ], [{"name": "k", "kind": "cpu.copy", "input": "m32", "output": "out"}])
+    m = manager_factory(config)
+    m.build()
+    expected = np.random.default_rng(7).standard_normal((64, 32), dtype=np.float32) * np.float32(0.1)
+    expected += np.float32(0.5)
+    assert np.array_equal(m.get_stream("m32").read(), expected)
+    assert m.get_stream("m16").read().dtype == np.float16 and m.get_stream("m16").count == 1
+
+
 def test_two_namespaces_run_side_by_side(manager_factory):
     import uuid
 

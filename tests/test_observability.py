@@ -121,7 +121,7 @@ STATUS_KEYS = {"state", "namespace", "workers", "sources", "sinks", "failures", 
 WORKER_KEYS = {"pid", "alive", "exitcode", "cpu_slot", "health", "idle_s", "last_metric_age_s", "restarts",
                "frames_processed", "last_exec_us", "last_exec_ms", "avg_exec_us", "avg_exec_ms",
                "jitter_us_rms", "p50_exec_us", "p99_exec_us", "throughput_hz", "metrics_window", "runtime_s",
-               "last_output_count", "overruns", "waits", "timeouts", "frame_sync_skew_events",
+               "last_output_count", "overruns", "input_copy", "waits", "timeouts", "frame_sync_skew_events",
                "frame_sync_skipped_generations", "frame_sync_timeouts", "exec_histogram"}
 SUMMARY_KEYS = {"workers_total", "active_workers", "idle_workers", "paused_workers", "failed_workers",
                 "stopped_workers", "waiting_workers", "sources_total", "active_sources", "failed_sources",
@@ -184,6 +184,29 @@ def test_overrun_is_counted_and_reported(namespace, manager_factory):
     worker = wait_for(lambda: (w := m.status()["workers"]["sleepy"]).get("overruns", 0) > 0 and w)
     assert worker["overruns"] >= 1
     assert any(e["type"] == "overrun_burst" and e["kernel"] == "sleepy" for e in m.events)
+
+
+def test_a_kernel_slower_than_its_input_ring_computes_whole_copies_instead_of_dropping_every_frame(
+        namespace, manager_factory):
+    config = pipeline(namespace, [stream("input"), stream("output")], [
+        {"name": "sleepy", "kind": "test.sleepy_copy", "input": "input", "output": "output",
+         "parameters": {"sleep_s": 0.03}}])
+    m = manager_factory(config, registry=REGISTRY, slots=3)
+    m.build()
+    m.start()
+    writer, output = m.get_stream("input"), m.get_stream("output")
+    before = m.status()["workers"]["sleepy"]
+    assert before["input_copy"] is False and before["overruns"] == 0
+    seen = []
+    for i in range(1, 400):  # 2 ms apart: the 3-slot ring turns over every 6 ms, the kernel takes 30
+        writer.write(np.full(4, i))
+        time.sleep(0.002)
+        if output.count:
+            seen.append(output.read())
+    worker = m.status()["workers"]["sleepy"]
+    assert worker["input_copy"] is True and worker["overruns"] >= 2
+    assert worker["frames_processed"] >= 10  # about 800 ms / 30 ms, less the lapped copies
+    assert seen and all(len(set(frame.tolist())) == 1 for frame in seen)  # each output is one whole frame
 
 
 def test_lifecycle_events_are_recorded(namespace, manager_factory):

@@ -467,7 +467,10 @@ def send_command(path: str, command: str, timeout: float = 10.0, **args: Any) ->
                                      f"{exc.strerror or exc}; {hint}") from None
         reply = bytearray()
         try:
-            sock.sendall(data)
+            try:
+                sock.sendall(data)
+            except BrokenPipeError:
+                pass  # refused before reading (too many connections): its answer may be waiting to be read
             while b"\n" not in reply:
                 if len(reply) > MAX_RESPONSE_BYTES:
                     raise ControlError(f"the answer on {path} exceeds {MAX_RESPONSE_BYTES} bytes")

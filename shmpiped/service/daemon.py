@@ -115,6 +115,8 @@ class Daemon:
         self._loop = _LoopTimer()
         self._http = None
         self._control = None
+        #: The pipeline's last runtime snapshot, taken just before shutdown (``shmpiped run --json-status``).
+        self.final_snapshot: dict | None = None
 
     # ------------------------------------------------------------------ signals and commands
     def _on_signal(self, signum, frame) -> None:
@@ -289,6 +291,8 @@ class Daemon:
             self.notifier.stopping()
             self._close_servers()
             if self.manager is not None:
+                if self.manager.state.value not in ("initialized", "stopped"):
+                    self.final_snapshot = self.manager.runtime_snapshot()
                 self.manager.shutdown(force=True)
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -304,13 +308,21 @@ class Daemon:
         if self.settings.control_socket is not None:
             from .control_socket import ControlServer, default_socket_path
 
-            path = self.settings.control_socket or default_socket_path(self.manager.namespace)
-            try:
-                self._control = ControlServer(path, self.submit).start()
-                log.info("control socket at %s", path)
-            except OSError as exc:  # the pipeline matters more than its remote control
-                self._control = None
-                log.error("no control socket (shmpiped ctl will not reach this daemon): %s: %s", path, exc)
+            paths = [self.settings.control_socket or default_socket_path(self.manager.namespace)]
+            if not self.settings.control_socket and self.manager.shares_namespace:
+                # Other daemons may share the namespace: the first takes <ns>.sock, the others <ns>-<pid>.sock.
+                paths.append(default_socket_path(f"{self.manager.namespace}-{os.getpid()}"))
+            for path in paths:
+                try:
+                    self._control = ControlServer(path, self.submit).start()
+                    log.info("control socket at %s", path)
+                    break
+                except OSError as exc:  # the pipeline matters more than its remote control
+                    self._control = None
+                    if path != paths[-1]:
+                        log.warning("control socket %s is not usable (%s); trying the next", path, exc)
+                    else:
+                        log.error("no control socket (shmpiped ctl will not reach this daemon): %s: %s", path, exc)
 
     def _close_servers(self) -> None:
         if self._http is not None:

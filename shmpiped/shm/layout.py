@@ -4,9 +4,12 @@ Two kinds of segment exist, both starting with the same 4 KiB header:
 
 * a *stream* (``/dev/shm/shmpiped.<ns>.<stream>``): the header, then a ring of
   ``nslots`` slots, each a 64-byte slot header followed by the payload;
-* a *namespace block* (``/dev/shm/shmpiped.<ns>``): the header (the owning
-  daemon's identity, the shared pause flag), then one fixed-size telemetry
-  record per worker.
+* a *control block*: the header (the owner's identity, the pipeline's pause
+  flag), then one fixed-size telemetry record per worker.  A pipeline that
+  claims its namespace whole uses the namespace block ``shmpiped.<ns>``; a
+  pipeline in a shared namespace (the default one) has a block of its own,
+  ``shmpiped.<ns>@<instance>``, and holds the namespace block only as a
+  marker that keeps claimants out.
 
 The offsets used by the C helpers (``_sync.c``) are checked against this
 module at import time, so the two cannot drift apart.
@@ -102,6 +105,7 @@ REC_LAST_OUTPUT_COUNT = 88
 REC_LAST_LATENCY_NS = 96
 REC_EXEC_SUM_NS = 104
 REC_LATENCY_SUM_NS = 112
+REC_INPUT_COPY = 120        # 1 once the worker computes on private copies of its inputs (it was too slow)
 REC_STARTED_NS = 128
 REC_CPU_SLOT = 136          # i64, -1 = not pinned
 REC_SKEW_EVENTS = 144
@@ -166,13 +170,13 @@ def unpack_str(buffer, field, base: int = 0) -> str:
 
 
 def escape_namespace(namespace: str | None) -> str:
-    """The namespace as it appears in a file name: '%' and '.' percent-escaped."""
+    """The namespace as it appears in a file name: '%', '.' and '@' percent-escaped."""
     namespace = namespace or DEFAULT_NAMESPACE
-    return namespace.replace("%", "%25").replace(".", "%2E")
+    return namespace.replace("%", "%25").replace(".", "%2E").replace("@", "%40")
 
 
 def unescape_namespace(text: str) -> str:
-    return text.replace("%2E", ".").replace("%25", "%")
+    return text.replace("%40", "@").replace("%2E", ".").replace("%25", "%")
 
 
 def stream_segment_name(namespace: str | None, stream: str) -> str:
@@ -187,12 +191,29 @@ def namespace_segment_name(namespace: str | None) -> str:
     return f"{PREFIX}.{escape_namespace(namespace)}"
 
 
+def pipeline_block_name(namespace: str | None, instance: str) -> str:
+    """File name in /dev/shm of the control block of one pipeline in a shared namespace."""
+    return f"{namespace_segment_name(namespace)}@{instance}"
+
+
+def namespace_members_prefixes(namespace: str | None) -> tuple[str, str]:
+    """File-name prefixes of a namespace's streams and of its pipelines' control blocks."""
+    block = namespace_segment_name(namespace)
+    return f"{block}.", f"{block}@"
+
+
 def parse_segment_name(filename: str) -> tuple[str, str | None] | None:
-    """(namespace, stream or None) for a shmpiped file name, else None."""
+    """(namespace, stream or None) for a shmpiped file name, else None.
+
+    Control blocks (the namespace's own and a pipeline's ``<ns>@<instance>``)
+    have no stream.
+    """
     parts = filename.split(".", 2)
     if len(parts) < 2 or parts[0] != PREFIX or not parts[1]:
         return None
-    namespace = unescape_namespace(parts[1])
+    namespace = unescape_namespace(parts[1].partition("@")[0])
+    if not namespace:
+        return None
     return namespace, (parts[2] if len(parts) == 3 else None)
 
 

@@ -76,6 +76,40 @@ def _pid_namespace() -> int:
         return 0
 
 
+def unlink_unless_held(name: str, still_removable=lambda segment: True) -> bool:
+    """Remove segment ``name`` if nobody holds its ownership lock; True when removed.
+
+    The check and the removal happen under an exclusive lock on the file, so a
+    segment that a live process created under the same name meanwhile is never
+    removed.  ``still_removable(segment)`` may veto (e.g. a segment kept on purpose).
+    """
+    path = shm_path(name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            return False  # replaced since we opened it
+        try:
+            segment = Segment.open(name, writable=False)
+        except (OSError, ValueError):
+            segment = None  # not a readable shmpiped segment: nobody can use it either
+        try:
+            if segment is not None and not still_removable(segment):
+                return False
+        finally:
+            if segment is not None:
+                segment.close()
+        os.unlink(path)
+        return True
+    except (BlockingIOError, FileNotFoundError):
+        return False
+    finally:
+        os.close(fd)
+
+
 def lock_holder_alive(path: str) -> bool:
     """True while some process holds the segment's ownership lock."""
     try:
@@ -200,6 +234,45 @@ class Segment:
                 os.close(fd)
                 raise
             return cls(name, fd, mapping, writable=True, locked=True)
+
+    @classmethod
+    def open_or_create_shared(cls, name: str, size: int, initialise) -> "Segment":
+        """Open ``name`` holding a shared lock on it, creating it when absent.
+
+        Used for the marker of a shared namespace: any number of pipelines hold
+        it shared at once, and a pipeline that claims the namespace whole
+        (exclusive lock) cannot while one does.  Raises BlockingIOError while
+        a claimant holds it.
+        """
+        path = shm_path(name)
+        while True:
+            try:
+                return cls.create(name, size, initialise, lock=fcntl.LOCK_SH)
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                if os.fstat(fd).st_nlink == 0:  # its last holder removed it meanwhile
+                    os.close(fd)
+                    continue
+                mapping = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except BaseException:
+                os.close(fd)
+                raise
+            return cls(name, fd, mapping, writable=True, locked=True)
+
+    def unlink_if_last_holder(self) -> bool:
+        """Unlink this segment if no other process holds a lock on it (this one's lock becomes exclusive)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.unlink()
+        return True
 
     # -- header access -----------------------------------------------------------
     def header(self, field):

@@ -1,10 +1,17 @@
-"""Worker telemetry records and the namespace block that holds them.
+"""Worker telemetry records and the control block that holds them.
 
-The namespace block (``/dev/shm/shmpiped.<ns>``) belongs to the daemon that
-runs the namespace: it holds the block's exclusive lock for as long as it
-lives, which is how a second daemon (or ``shmpiped shm rm``) knows the
-namespace is in use.  It carries the shared pause flag and one fixed-layout
-telemetry record per worker.
+Every pipeline has one control block: its pause flag and one fixed-layout
+telemetry record per worker.  Ownership comes in two forms:
+
+* a pipeline that *claims* its namespace (an explicit ``namespace:``) uses the
+  namespace block ``/dev/shm/shmpiped.<ns>`` and holds its exclusive lock for
+  as long as it lives, which is how a second daemon (or ``shmpiped shm rm``)
+  knows the namespace is in use;
+* a pipeline in a *shared* namespace (the default one) holds that same file
+  with a shared lock, only as a marker that keeps claimants out, and keeps its
+  records in a block of its own, ``shmpiped.<ns>@<pid>-<token>`` (exclusive
+  lock).  Any number of such pipelines run side by side; ownership of their
+  streams is per stream (see ``shmpiped.streams``).
 
 Only the worker writes its record (the manager writes just the stop request
 word).  Per-frame updates go through ``_sync.record_frame`` under the record's
@@ -14,7 +21,11 @@ is sent as a message.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import os
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -22,7 +33,7 @@ import numpy as np
 
 from ..errors import NamespaceBusyError, SharedMemoryError
 from . import _sync, layout
-from .segment import OwnerIdentity, Segment
+from .segment import OwnerIdentity, Segment, lock_holder_alive, shm_path
 
 _U64 = np.dtype("<u8")
 
@@ -42,35 +53,69 @@ def _initialise_block(namespace: str):
 
 
 class NamespaceBlock:
-    """The namespace's control segment: owner lock, pause flag, worker records."""
+    """A pipeline's control segment: owner lock, pause flag, worker records."""
 
     SIZE = layout.HEADER_SIZE + layout.REC_CAPACITY * layout.REC_SIZE
 
-    def __init__(self, segment: Segment, namespace: str):
+    def __init__(self, segment: Segment, namespace: str, marker: Segment | None = None):
         self.segment = segment
         self.namespace = namespace
+        self.marker = marker  # the shared namespace's block, held shared; None when claimed
         self._pause_addr = segment.address + layout.NS_PAUSE_OFFSET
 
+    @property
+    def name(self) -> str:
+        """The segment name workers attach to."""
+        return self.segment.name
+
+    @property
+    def shared(self) -> bool:
+        return self.marker is not None
+
     @classmethod
-    def acquire(cls, namespace: str | None) -> "NamespaceBlock":
-        """Take ownership of ``namespace``; NamespaceBusyError if a live process owns it."""
+    def acquire(cls, namespace: str | None, *, shared: bool = False) -> "NamespaceBlock":
+        """A control block for a new pipeline in ``namespace``.
+
+        Claimed (``shared=False``): the namespace block itself, exclusively;
+        shared: a block of the pipeline's own, the namespace block held shared.
+        NamespaceBusyError when a live process holds the namespace the other way.
+        """
         namespace = namespace or layout.DEFAULT_NAMESPACE
         name = layout.namespace_segment_name(namespace)
-        try:
-            segment = Segment.open_or_create_locked(name, cls.SIZE, _initialise_block(namespace))
-        except BlockingIOError:
-            raise NamespaceBusyError(describe_busy_namespace(namespace)) from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EFBIG):
-                raise SharedMemoryError(exc.errno, f"/dev/shm has no room for namespace {namespace!r}") from exc
-            raise
-        return cls(segment, namespace)
+        initialise = _initialise_block(namespace)
+        with _shm_errors(namespace):
+            if not shared:
+                try:
+                    return cls(Segment.open_or_create_locked(name, cls.SIZE, initialise), namespace)
+                except BlockingIOError:
+                    raise NamespaceBusyError(describe_busy_namespace(namespace)) from None
+            try:
+                marker = Segment.open_or_create_shared(name, cls.SIZE, initialise)
+            except BlockingIOError:
+                raise NamespaceBusyError(describe_busy_namespace(namespace)) from None
+            try:
+                while True:
+                    instance = f"{os.getpid()}-{secrets.token_hex(4)}"
+                    try:
+                        own = Segment.create(layout.pipeline_block_name(namespace, instance), cls.SIZE,
+                                             initialise, lock=fcntl.LOCK_EX)
+                        return cls(own, namespace, marker)
+                    except FileExistsError:
+                        continue
+            except BaseException:
+                marker.close()
+                raise
+
+    @classmethod
+    def attach_segment(cls, segment_name: str, *, readonly: bool = False) -> "NamespaceBlock":
+        """Map the control block ``segment_name`` (a worker attaching to its pipeline's block)."""
+        segment = Segment.open(segment_name, writable=not readonly)
+        return cls(segment, segment.header_str(layout.H_NAMESPACE))
 
     @classmethod
     def attach(cls, namespace: str | None, *, readonly: bool = False) -> "NamespaceBlock":
-        namespace = namespace or layout.DEFAULT_NAMESPACE
-        segment = Segment.open(layout.namespace_segment_name(namespace), writable=not readonly)
-        return cls(segment, namespace)
+        """Map the block of a claimed namespace."""
+        return cls.attach_segment(layout.namespace_segment_name(namespace), readonly=readonly)
 
     @property
     def paused(self) -> bool:
@@ -108,22 +153,49 @@ class NamespaceBlock:
         if unlink:
             self.segment.unlink()
         self.segment.close()
+        if self.marker is not None:
+            if unlink:
+                self.marker.unlink_if_last_holder()
+            self.marker.close()
+            self.marker = None
+
+
+@contextlib.contextmanager
+def _shm_errors(namespace: str):
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG):
+            raise SharedMemoryError(exc.errno, f"/dev/shm has no room for namespace {namespace!r}") from exc
+        raise
+
+
+def _owner_of(name: str) -> str:
+    try:
+        segment = Segment.open(name, writable=False)
+    except (OSError, ValueError):
+        return "a process that is gone"
+    try:
+        owner = segment.owner()
+    finally:
+        segment.close()
+    return f"pid {owner.pid} on {owner.host or 'this host'}"
 
 
 def describe_busy_namespace(namespace: str) -> str:
-    name = layout.namespace_segment_name(namespace)
-    detail = ""
+    """Who holds ``namespace``: its claimant, or the pipelines sharing it."""
+    block = layout.namespace_segment_name(namespace)
+    _, pipelines = layout.namespace_members_prefixes(namespace)
     try:
-        segment = Segment.open(name, writable=False)
-        owner = segment.owner()
-        segment.close()
-        detail = f" by pid {owner.pid} on {owner.host or 'this host'}"
-    except (OSError, ValueError):
-        pass
-    return (
-        f"namespace {namespace!r} is owned{detail}, which is still running; "
-        f"stop it first, or use another namespace"
-    )
+        names = sorted(n for n in os.listdir(layout.DEV_SHM) if n.startswith(pipelines))
+    except OSError:
+        names = []
+    sharing = [_owner_of(n) for n in names if lock_holder_alive(shm_path(n))]
+    if sharing:
+        return (f"namespace {namespace!r} is shared by running pipelines ({', '.join(sharing)}), so it "
+                f"cannot be claimed whole; stop them first, or use another namespace")
+    return (f"namespace {namespace!r} is owned by {_owner_of(block)}, which is still running; "
+            f"stop it first, or use another namespace")
 
 
 class WorkerRecord:
@@ -154,6 +226,9 @@ class WorkerRecord:
         now = _sync.monotonic_ns()
         self._set(layout.REC_STARTED_NS, now)
         self._set(layout.REC_HEARTBEAT_NS, now)
+
+    def set_input_copy(self) -> None:
+        self._set(layout.REC_INPUT_COPY, 1)
 
     def heartbeat(self, now_ns: int) -> None:
         self._set(layout.REC_HEARTBEAT_NS, now_ns)
