@@ -27,6 +27,7 @@ import uuid
 
 import numpy as np
 
+from . import spawning
 from .shm import Stream
 
 
@@ -56,6 +57,12 @@ def _pin(cpu: int | None) -> None:
             os.sched_setaffinity(0, {cpu})
         except OSError:
             pass
+
+
+def _reader_entry() -> None:
+    """``_reader_main`` in a child started by ``shmpiped.spawning`` (arguments in sys.argv)."""
+    namespace, frames, echo, strategy, cpu = sys.argv[1:6]
+    _reader_main(namespace, int(frames), echo == "1", strategy, int(cpu))
 
 
 def _reader_main(namespace: str, frames: int, echo: bool, strategy: str, cpu: int | None) -> None:
@@ -92,11 +99,8 @@ def hop(rate_hz: float | None = 1000.0, frames: int = 2000, strategy: str = "fut
     writer_cpu = cpus[0]
     reader_cpu = cpus[0] if same_core or len(cpus) == 1 else cpus[1]
     total = frames + warmup
-    reader = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from shmpiped.bench import _reader_main as m; "
-         "m(sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1', sys.argv[4], int(sys.argv[5]))",
-         namespace, str(total), "1" if echo else "0", strategy, str(reader_cpu)],
-        stdout=subprocess.PIPE, text=True)
+    reader = spawning.start_child("shmpiped.bench:_reader_entry", namespace, total, "1" if echo else "0",
+                                  strategy, reader_cpu, stdout=subprocess.PIPE, text=True)
     try:
         _pin(writer_cpu)
         if pong is not None:
@@ -323,9 +327,9 @@ def http_flood(seconds: float = 10.0, clients: int = 8, rate_hz: float = 1000.0,
         path = os.path.join(tmp, "flood.yaml")
         with open(path, "w") as handle:
             handle.write(FLOOD_PIPELINE.format(namespace=namespace, rate=rate_hz))
-        daemon = subprocess.Popen([sys.executable, "-m", "shmpiped.cli", "run", path, "--http-address",
-                                   f"127.0.0.1:{port}", "--control-socket", "none", "--status-interval", "3600"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        daemon = spawning.start_child("shmpiped.cli:main", "run", path, "--http-address", f"127.0.0.1:{port}",
+                                      "--control-socket", "none", "--status-interval", "3600",
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def status() -> dict:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as response:
@@ -457,11 +461,16 @@ def _bridge_config(namespace: str, endpoint: str | None, pyshmem_name: str) -> d
     return config
 
 
+def _bridge_entry() -> None:
+    """A driver or reader of ``pyshmem_bridge`` in a child started by ``shmpiped.spawning``."""
+    main, mode, target, namespace, total, rate_or_warmup = sys.argv[1:7]
+    {"driver": _bridge_driver_main, "reader": _bridge_reader_main}[main](
+        mode, target, namespace, int(total), float(rate_or_warmup))
+
+
 def _bridge_process(main: str, *args) -> subprocess.Popen:
-    child = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; from shmpiped.bench import {main} as m; "
-         "m(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))", *map(str, args)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = spawning.start_child("shmpiped.bench:_bridge_entry", main, *args, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
     if child.stdout.readline().strip() != "ready":
         child.kill()
         child.wait()
@@ -481,14 +490,14 @@ def _bridge_path(driver_mode: str, endpoint: str | None, reader_mode: str, rate_
     children: list[subprocess.Popen] = []
     try:
         if driver_mode != "direct":  # a pyshmem driver creates its stream before the pipeline starts
-            children.append(_bridge_process("_bridge_driver_main", driver_mode, pyshmem_name, namespace, total,
+            children.append(_bridge_process("driver", driver_mode, pyshmem_name, namespace, total,
                                             rate_hz))
         manager.build()
         manager.start()
         if driver_mode == "direct":
-            children.append(_bridge_process("_bridge_driver_main", "direct", "input", namespace, total, rate_hz))
+            children.append(_bridge_process("driver", "direct", "input", namespace, total, rate_hz))
         reader_target = pyshmem_name if reader_mode == "pyshmem" else "output"
-        children.append(_bridge_process("_bridge_reader_main", reader_mode, reader_target, namespace, total,
+        children.append(_bridge_process("reader", reader_mode, reader_target, namespace, total,
                                         warmup))
         driver, reader = children
         time.sleep(0.3)

@@ -34,12 +34,12 @@ import threading
 import time
 import traceback as traceback_module
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy
 
 from shmpiped.kernels.base import context_with_events
+from shmpiped.shm.pyshmem_style import Publication
 
 __all__ = [
     "ROLLING_METRICS_WINDOW",
@@ -105,25 +105,6 @@ class RateMeter:
 
 
 # --------------------------------------------------------------------------- publications
-
-
-@dataclass(frozen=True)
-class Publication:
-    """One publication of a stream, as a sink sees it.
-
-    ``payload`` is a private copy (safe to keep); ``missed_publications``
-    counts the publications between the previous one consumed and this one.
-    ``write_time`` is wall-clock seconds; ``origin_ns`` is the CLOCK_MONOTONIC
-    time the frame entered the pipeline.
-    """
-
-    payload: numpy.ndarray
-    count: int
-    frame_id: int
-    write_time: float | None
-    missed_publications: int
-    origin_ns: int = 0
-    stream: str = ""
 
 
 def read_publication(stream, last_seen: int) -> Publication:

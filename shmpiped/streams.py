@@ -26,7 +26,7 @@ from .config import PipelineConfig, SharedMemoryConfig
 from .errors import ConfigValidationError, NamespaceBusyError, SharedMemoryError
 from .shm import layout
 from .shm.segment import unlink_unless_held
-from .shm.stream import Stream
+from .shm.stream import Stream, stale_once_unheld
 
 log = logging.getLogger("shmpiped.streams")
 
@@ -127,17 +127,9 @@ def stream_matches(stream: Stream, spec: SharedMemoryConfig) -> bool:
                                                      stream.cpu_mirror == bool(spec.cpu_mirror))
 
 
-def _removable_when_unheld(segment) -> bool:
-    """Stale once unheld: a control block, a GPU stream (its device memory died with its creator),
-    or a stream not kept on purpose (``shutdown(unlink=False)``)."""
-    if segment.header(layout.H_STORAGE) == layout.STORAGE_CODES["gpu"]:
-        return True
-    return not (segment.header(layout.H_FLAGS) & layout.FLAG_KEPT)
-
-
 def remove_if_stale(resource: str) -> bool:
     """Remove segment ``resource`` if its creator died and did not keep it; True when removed."""
-    return unlink_unless_held(resource, _removable_when_unheld)
+    return unlink_unless_held(resource, stale_once_unheld)
 
 
 def remove_stale_segments(namespace: str) -> list[str]:

@@ -567,8 +567,16 @@ class _LocalAllocations:
             allocation.release()
 
 
+def stale_once_unheld(segment: Segment) -> bool:
+    """Whether a segment nobody holds a lock on was left by a crash: a control block, a GPU stream
+    (its device memory went with its creator, kept or not), or a stream not kept on purpose."""
+    if segment.header(layout.H_STORAGE) == layout.STORAGE_CODES["gpu"]:
+        return True
+    return not (segment.header(layout.H_FLAGS) & layout.FLAG_KEPT)
+
+
 def segment_is_stale(name: str) -> bool:
-    """A stream segment whose creator died without closing it on purpose."""
+    """A segment whose creator died without keeping it on purpose."""
     path = shm_path(name)
     if lock_holder_alive(path):
         return False
@@ -577,8 +585,6 @@ def segment_is_stale(name: str) -> bool:
     except (FileNotFoundError, OSError):
         return False
     try:
-        if segment.header(layout.H_STORAGE) == layout.STORAGE_CODES["gpu"]:
-            return True  # its device memory went with its creator, kept or not
-        return not (segment.header(layout.H_FLAGS) & layout.FLAG_KEPT)
+        return stale_once_unheld(segment)
     finally:
         segment.close()
