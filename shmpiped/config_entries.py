@@ -180,14 +180,14 @@ def _stream_names(what: str) -> Callable[[Any], tuple[str, ...]]:
     return parse
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     """Deep copy of YAML data into plain dicts and lists (picklable, no lines)."""
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain_data(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        return [plain_data(item) for item in value]
     if isinstance(value, tuple):
-        return tuple(_plain(item) for item in value)
+        return tuple(plain_data(item) for item in value)
     return copy.deepcopy(value)
 
 
@@ -195,7 +195,7 @@ def _parameters(owner: str) -> Callable[[Any], dict]:
     def parse(value: Any) -> dict:
         if not isinstance(value, Mapping):
             raise _Invalid(f"parameters for {owner} must be a mapping")
-        return _plain(value)
+        return plain_data(value)
     return parse
 
 
@@ -320,7 +320,7 @@ def _initial(entry: _Entry, name: str, shape: Any, dtype: Any) -> Any:
         if "values" not in raw:
             sub.fail(f"initial value for shared memory {name!r} requires a 'values' key")
         else:
-            fields["values"] = _plain(raw["values"])
+            fields["values"] = plain_data(raw["values"])
             if shape is not _BAD and dtype is not _BAD:
                 _check_values(sub, name, fields["values"], shape, dtype)
     else:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from .config import PipelineConfig
-from .config_entries import _plain
+from .config_entries import plain_data
 from .config_loading import parse_yaml, read_config_text
 from .errors import ConfigValidationError
 
@@ -66,12 +66,12 @@ def load_document(path: str | os.PathLike) -> Document:
         return default_document()
     if not isinstance(data, Mapping):
         raise ConfigValidationError(f"pipeline config must be a mapping (in {source})")
-    return normalize_document(_plain(data))
+    return normalize_document(plain_data(data))
 
 
 def document_to_yaml(document: Mapping[str, Any]) -> str:
     """``document`` as YAML text, sections in the order of the file format."""
-    return yaml.safe_dump(normalize_document(_plain(document)), sort_keys=False, allow_unicode=False)
+    return yaml.safe_dump(normalize_document(plain_data(document)), sort_keys=False, allow_unicode=False)
 
 
 def save_document(path: str | os.PathLike, document: Mapping[str, Any]) -> None:
@@ -84,7 +84,7 @@ def parse_inline_yaml(text: str, *, fallback: Any) -> Any:
     if not text.strip():
         return copy.deepcopy(fallback)
     value, _ = parse_yaml(text)
-    return copy.deepcopy(fallback) if value is None else _plain(value)
+    return copy.deepcopy(fallback) if value is None else plain_data(value)
 
 
 def config_to_document(config: PipelineConfig) -> Document:

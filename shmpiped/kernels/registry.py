@@ -79,9 +79,10 @@ LazyEntry = Any  # EntryPoint | "module:attribute" | Callable[[], type]
 
 
 def _load_lazy(entry: LazyEntry):
-    from shmpiped.compat import install_shmpipeline_fallback
+    if not (isinstance(entry, str) and entry.startswith("shmpiped.")):  # built-ins need no fallback
+        from shmpiped.compat import install_shmpipeline_fallback
 
-    install_shmpipeline_fallback()  # plugins written for shmpipeline import it
+        install_shmpipeline_fallback()  # plugins written for shmpipeline import it
     if isinstance(entry, str):
         module_name, _, attribute = entry.partition(":")
         target = importlib.import_module(module_name)
