@@ -5,8 +5,8 @@ key of a ``shared_memory``, ``kernels``, ``sources`` or ``sinks`` entry may
 hold, its default, and the message naming the field, the entry and its line
 when it is wrong.  Every error of an entry is reported, not just the first
 (``_Report`` collects them).  ``config_loading`` runs these parsers over a
-whole document; the model's ``from_dict`` classmethods run them over one
-entry (``entry_from_mapping``).
+whole document, and over one entry for the model's ``from_dict``
+classmethods (``config_loading.entry_from_mapping``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from .config import (
     _where,
     gpu_device_index,
 )
-from .errors import ConfigValidationError
 
 # --------------------------------------------------------------------------- field parsers
 
@@ -590,50 +589,3 @@ def _namespace(value: Any) -> str:
             "pipeline config field 'namespace' must not contain path separators or null bytes"
         )
     return namespace
-
-
-# -- one entry, for the model's from_dict ---------------------------------------------------
-
-#: section -> (label in messages, parser of one entry)
-ENTRY_PARSERS: dict[str, tuple[str, Callable[[_Entry], Any]]] = {
-    "shared_memory": ("shared_memory", lambda entry: _parse_stream(entry, None)),
-    "kernels": ("kernel", _parse_kernel),
-    "sources": ("source", _parse_source),
-    "sinks": ("sink", _parse_sink),
-}
-
-
-def _raise_reported(report: _Report) -> None:
-    if report.messages:
-        raise ConfigValidationError(report.messages[0], errors=report.messages)
-
-
-def entry_from_mapping(section: str, raw: Any):
-    """One entry of ``section`` (``shared_memory``, ``kernels``, ``sources``, ``sinks``), validated.
-
-    Raises ``ConfigValidationError`` carrying every error of the entry.
-    """
-    label, parse = ENTRY_PARSERS[section]
-    if not isinstance(raw, Mapping):
-        raise ConfigValidationError(f"{label} entry must be a mapping, got {type(raw).__name__}")
-    report = _Report(None)
-    result = parse(_Entry(raw, report))
-    _raise_reported(report)
-    return result
-
-
-def initial_from_mapping(name: str, raw: Mapping, shape: tuple, dtype: str) -> InitialValueConfig:
-    """The ``initial`` value of stream ``name`` given as a mapping, validated."""
-    report = _Report(None)
-    entry = _Entry({"initial": raw}, report)
-    initial = _initial(entry, name, tuple(shape), dtype)
-    _raise_reported(report)
-    return initial
-
-
-def synchronization_from_mapping(raw: Any, owner: str) -> SynchronizationConfig:
-    """A kernel's ``synchronization`` mapping, validated; messages name ``owner``."""
-    report = _Report(None)
-    synchronization = _synchronization(_Entry({"synchronization": raw}, report), owner)
-    _raise_reported(report)
-    return synchronization

@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import TOP_LEVEL_KEYS, PipelineConfig, _where
+from .config import TOP_LEVEL_KEYS, InitialValueConfig, PipelineConfig, SynchronizationConfig, _where
 from .config_entries import (
     _BAD,
     _Entry,
+    _initial,
     _Invalid,
     _namespace,
     _parse_kernel,
@@ -36,9 +37,7 @@ from .config_entries import (
     _parse_source,
     _parse_stream,
     _Report,
-    entry_from_mapping,
-    initial_from_mapping,
-    synchronization_from_mapping,
+    _synchronization,
 )
 from .errors import ConfigValidationError
 
@@ -189,6 +188,53 @@ def load_yaml(path: str | os.PathLike) -> tuple[Mapping, list[tuple[Any, int]]]:
 
 def _type_name(value: Any) -> str:
     return "list" if isinstance(value, list) else type(value).__name__
+
+
+# -- one entry, for the model's from_dict ---------------------------------------------------
+
+#: section -> (label in messages, parser of one entry)
+ENTRY_PARSERS: dict[str, tuple[str, Callable[[_Entry], Any]]] = {
+    "shared_memory": ("shared_memory", lambda entry: _parse_stream(entry, None)),
+    "kernels": ("kernel", _parse_kernel),
+    "sources": ("source", _parse_source),
+    "sinks": ("sink", _parse_sink),
+}
+
+
+def _raise_reported(report: _Report) -> None:
+    if report.messages:
+        raise ConfigValidationError(report.messages[0], errors=report.messages)
+
+
+def entry_from_mapping(section: str, raw: Any):
+    """One entry of ``section`` (``shared_memory``, ``kernels``, ``sources``, ``sinks``), validated.
+
+    Raises ``ConfigValidationError`` carrying every error of the entry.
+    """
+    label, parse = ENTRY_PARSERS[section]
+    if not isinstance(raw, Mapping):
+        raise ConfigValidationError(f"{label} entry must be a mapping, got {type(raw).__name__}")
+    report = _Report(None)
+    result = parse(_Entry(raw, report))
+    _raise_reported(report)
+    return result
+
+
+def initial_from_mapping(name: str, raw: Mapping, shape: tuple, dtype: str) -> InitialValueConfig:
+    """The ``initial`` value of stream ``name`` given as a mapping, validated."""
+    report = _Report(None)
+    entry = _Entry({"initial": raw}, report)
+    initial = _initial(entry, name, tuple(shape), dtype)
+    _raise_reported(report)
+    return initial
+
+
+def synchronization_from_mapping(raw: Any, owner: str) -> SynchronizationConfig:
+    """A kernel's ``synchronization`` mapping, validated; messages name ``owner``."""
+    report = _Report(None)
+    synchronization = _synchronization(_Entry({"synchronization": raw}, report), owner)
+    _raise_reported(report)
+    return synchronization
 
 
 # --------------------------------------------------------------------------- whole pipelines
