@@ -155,10 +155,12 @@ class PipelineManager:
 
     @property
     def registry(self):
+        """The registry given, else the process's default one (so kinds registered on
+        ``get_default_registry()`` are found, as in shmpipeline)."""
         if self._registry is None:
-            from .kernels.registry import default_registry
+            from .kernels.registry import get_default_registry
 
-            self._registry = default_registry()
+            self._registry = get_default_registry()
         return self._registry
 
     @property

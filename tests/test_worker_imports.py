@@ -97,6 +97,19 @@ def test_a_kind_registered_at_run_time_on_a_registry_passed_in_code_runs(tmp_pat
     assert "RESULT [10.0, 11.0, 12.0, 13.0]" in result.stdout
 
 
+def test_a_kind_registered_on_the_default_registry_runs_without_passing_a_registry(tmp_path, decoy_cwd,
+                                                                                   namespace):
+    result = run_script(tmp_path, decoy_cwd, '''
+        from shmpiped import get_default_registry
+
+        if __name__ == "__main__":
+            get_default_registry().register(BiasCpuKernel)
+            run(sys.argv[1], None)
+    ''', namespace)
+    assert result.returncode == 0, result.stderr
+    assert "RESULT [10.0, 11.0, 12.0, 13.0]" in result.stdout
+
+
 def test_a_script_whose_top_level_builds_the_pipeline_is_told_to_guard_it(tmp_path, decoy_cwd, namespace):
     # The worker re-runs the script's top level to find BiasCpuKernel: without the
     # __main__ guard that would build a second pipeline inside the worker.
