@@ -186,6 +186,7 @@ def test_device_memory_is_shared_between_processes(gpu, namespace):
     stream = Stream.create("frames", (4, 3), "float32", namespace=namespace, storage="gpu", gpu_device="cuda:0")
     try:
         assert type(stream).__name__ == "DeviceStream" and not stream.cpu_mirror
+        assert stream.gpu_enabled and stream.owner and stream.size == 4 * 3 * 4  # as pyshmem reports them
         stream.write(np.arange(12).reshape(4, 3))
         code = textwrap.dedent(f"""\
             import shmpiped

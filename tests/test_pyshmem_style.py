@@ -214,3 +214,11 @@ def test_read_only_handles_refuse_writes(pair):
         assert pair.reader.count == 0
     finally:
         readonly.close()
+
+
+def test_the_handle_attributes_scripts_read_match_pyshmem(pair):
+    for handle, owner in ((pair.writer, True), (pair.reader, False)):
+        assert handle.gpu_enabled is False
+        assert handle.size == 2 * 3 * 8
+        assert handle.owner is owner
+        assert tuple(handle.shape) == SHAPE and handle.dtype == np.float64

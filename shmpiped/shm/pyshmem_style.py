@@ -31,6 +31,7 @@ requiring ``locked()``; it stays valid until the writer laps it, which
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,19 @@ class PyshmemStyleMethods:
     headers, ``still_valid``, ``next_slot``, ``publish``, ``write``, ``wait``
     and its ``_snapshot`` / ``_record_read`` helpers.
     """
+
+    #: pyshmem's flag for a handle whose payload is device memory (True on ``DeviceStream``).
+    gpu_enabled = False
+
+    @property
+    def size(self) -> int:
+        """The payload's size in bytes, as pyshmem reports it."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def owner(self) -> bool:
+        """Whether this handle created the stream (and holds its ownership lock)."""
+        return self.segment.locked
 
     # -- locking (none needed) ------------------------------------------------------
     def locked(self, *, timeout: float | None = None, poll_interval: float = 1e-3) -> _NoLock:

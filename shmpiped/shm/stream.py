@@ -416,6 +416,8 @@ class DeviceStream(Stream):
     ``publish()``.
     """
 
+    gpu_enabled = True
+
     def __init__(self, segment: Segment, stream_name: str, namespace: str, backend, allocation):
         super().__init__(segment, stream_name, namespace)
         self.backend = backend
