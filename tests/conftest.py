@@ -209,3 +209,20 @@ def emulated_gpu(monkeypatch):
     yield device.backend()
     monkeypatch.delenv(device.EMULATION_ENV)
     device.gpu_status.cache_clear()
+
+
+@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
+def gpu(request, monkeypatch):
+    """The device backend under test: the emulated one everywhere, a CUDA device where there is one
+    (`gpu`-marked); the environment makes worker processes use it too."""
+    from shmpiped.shm import device
+
+    if request.param == "emulated":
+        monkeypatch.setenv(device.EMULATION_ENV, "1")
+    else:
+        monkeypatch.delenv(device.EMULATION_ENV, raising=False)
+    device.gpu_status.cache_clear()
+    status = device.gpu_status()
+    assert status.usable and status.backend == request.param, status.reason
+    yield device.backend()
+    device.gpu_status.cache_clear()

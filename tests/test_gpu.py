@@ -52,20 +52,6 @@ def no_gpu_reason():
     return reason
 
 
-@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
-def gpu(request, monkeypatch):
-    """The device backend under test; the environment makes worker processes use it too."""
-    if request.param == "emulated":
-        monkeypatch.setenv(device.EMULATION_ENV, "1")
-    else:
-        monkeypatch.delenv(device.EMULATION_ENV, raising=False)
-    device.gpu_status.cache_clear()
-    status = device.gpu_status()
-    assert status.usable and status.backend == request.param, status.reason
-    yield device.backend()
-    device.gpu_status.cache_clear()
-
-
 def gpu_pipeline(namespace, tmp_path, rate_hz=0):
     """[synthetic camera on the device at rate_hz] -> scale -> flatten -> 16x64 affine, + a CPU stage on a mirror."""
     text = textwrap.dedent(f"""\

@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from shmpiped.kernels.tomography import TomographicControllerKernel
-from shmpiped.shm import device
 
 from . import tomography_helpers as th
 from .conftest import wait_for
@@ -233,20 +232,6 @@ def test_a_real_worker_computes_the_reference_commands(batched, namespace, manag
     manager.build()
     manager.start(wait=True)
     drive(manager, batched)
-
-
-@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
-def gpu(request, monkeypatch):
-    """The device backend the workers use: the emulated one here, a CUDA device where there is one."""
-    if request.param == "emulated":
-        monkeypatch.setenv(device.EMULATION_ENV, "1")
-    else:
-        monkeypatch.delenv(device.EMULATION_ENV, raising=False)
-    device.gpu_status.cache_clear()
-    status = device.gpu_status()
-    assert status.usable and status.backend == request.param, status.reason
-    yield device.backend()
-    device.gpu_status.cache_clear()
 
 
 @pytest.mark.parametrize("batched", FORMS)

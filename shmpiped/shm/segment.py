@@ -208,32 +208,11 @@ class Segment:
     def open_or_create_locked(cls, name: str, size: int, initialise) -> "Segment":
         """Open ``name`` holding its exclusive lock, creating it when absent.
 
-        Used for namespace blocks: raises BlockingIOError while another live
-        process holds the lock.  A file left by a dead owner is re-initialised.
+        Used for claimed namespace blocks: raises BlockingIOError while another
+        live process holds a lock on it.  A file left by a dead owner is
+        re-initialised.
         """
-        path = shm_path(name)
-        while True:
-            try:
-                return cls.create(name, size, initialise, lock=fcntl.LOCK_EX)
-            except FileExistsError:
-                pass
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # removed between our two attempts: try creating again
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.fstat(fd).st_nlink == 0:  # unlinked while we took the lock
-                    os.close(fd)
-                    continue
-                os.ftruncate(fd, size)
-                mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-                mapping[: layout.HEADER_SIZE] = bytes(layout.HEADER_SIZE)
-                initialise(mapping)
-            except BaseException:
-                os.close(fd)
-                raise
-            return cls(name, fd, mapping, writable=True, locked=True)
+        return cls._open_or_create(name, size, initialise, fcntl.LOCK_EX)
 
     @classmethod
     def open_or_create_shared(cls, name: str, size: int, initialise) -> "Segment":
@@ -244,22 +223,31 @@ class Segment:
         (exclusive lock) cannot while one does.  Raises BlockingIOError while
         a claimant holds it.
         """
+        return cls._open_or_create(name, size, initialise, fcntl.LOCK_SH)
+
+    @classmethod
+    def _open_or_create(cls, name: str, size: int, initialise, lock: int) -> "Segment":
         path = shm_path(name)
         while True:
             try:
-                return cls.create(name, size, initialise, lock=fcntl.LOCK_SH)
+                return cls.create(name, size, initialise, lock=lock)
             except FileExistsError:
                 pass
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
-                continue
+                continue  # removed between our two attempts: try creating again
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                if os.fstat(fd).st_nlink == 0:  # its last holder removed it meanwhile
+                fcntl.flock(fd, lock | fcntl.LOCK_NB)
+                if os.fstat(fd).st_nlink == 0:  # its last holder removed it while we took the lock
                     os.close(fd)
                     continue
+                if lock == fcntl.LOCK_EX:  # ours alone now: start it afresh
+                    os.ftruncate(fd, size)
                 mapping = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                if lock == fcntl.LOCK_EX:
+                    mapping[: layout.HEADER_SIZE] = bytes(layout.HEADER_SIZE)
+                    initialise(mapping)
             except BaseException:
                 os.close(fd)
                 raise
