@@ -20,14 +20,12 @@ import atexit
 import collections
 import logging
 import os
-import secrets
-import signal
-import subprocess
 import threading
 import time
 import weakref
 
-from . import health, measure, spawning
+from . import measure, spawning
+from . import status as status_parts
 from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
 from .errors import (
     ConfigValidationError,
@@ -35,58 +33,17 @@ from .errors import (
     WorkerProcessError,
 )
 from .graph import PipelineGraph
-from .kernels.linear import BLAS_THREAD_VARIABLES, blas_threads
 from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpus
 from .shm import layout
 from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
 from .state import PipelineState
 from .streams import default_notify, provision_stream, remove_stale_segments, write_initial_value
-from .worker import WorkerSpec, encode_spec
+from .workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger("shmpiped.manager")
 
 EVENTS_MAXLEN = 256
-
-
-class WorkerHandle:
-    """The manager's side of one spawned worker."""
-
-    def __init__(self, config: KernelConfig, index: int, record_index: int, cpu_slot: int | None):
-        self.config = config
-        self.index = index
-        self.record_index = record_index
-        self.cpu_slot = cpu_slot
-        self.spawn_token = 0
-        self.process: subprocess.Popen | None = None
-        self.started_at: float | None = None
-        self.stopping = False
-        self.exit_reported = False
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    @property
-    def exitcode(self) -> int | None:
-        return self.process.poll() if self.process else None
-
-
-def _exit_description(code: int) -> str:
-    if code < 0:
-        try:
-            return f"worker was killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"worker was killed by signal {-code}"
-    return f"worker exited with code {code}"
 
 
 class PipelineManager:
@@ -119,12 +76,10 @@ class PipelineManager:
         self.telemetry = telemetry
         self._state = PipelineState.INITIALIZED
         self._lock = threading.RLock()
-        self._block: NamespaceBlock | None = None
         self.streams: dict[str, Stream] = {}
         self.owned_streams: set[str] = set()
-        self.workers: dict[str, WorkerHandle] = {}
+        self._pool = WorkerPool(self._event)
         self.kernel_configs: dict[str, KernelConfig] = {k.name: k for k in config.kernels}
-        self._record_indices: dict[str, int] = {}
         self._failures: list[dict] = []
         self._events: collections.deque = collections.deque(maxlen=EVENTS_MAXLEN)
         self._last_metrics: dict[str, dict] = {}
@@ -141,6 +96,15 @@ class PipelineManager:
     @property
     def state(self) -> PipelineState:
         return self._state
+
+    @property
+    def _block(self) -> NamespaceBlock | None:
+        return self._pool.block
+
+    @property
+    def workers(self) -> dict[str, WorkerHandle]:
+        """Kernel name -> the handle of its current worker process."""
+        return self._pool.handles
 
     @property
     def namespace(self) -> str:
@@ -231,9 +195,9 @@ class PipelineManager:
                     stream.close()
                 block.close(unlink=True)
                 raise
-            self._block = block
             _shutdown_at_exit(self)
             self.streams = {s.name: s for s in created + opened}
+            self._pool.block, self._pool.streams = block, self.streams  # the control block lives in the pool
             self.owned_streams = {s.name for s in created}
             self.kernel_configs = {k.name: k for k in self.config.kernels}
             self._set_state(PipelineState.BUILT, "streams built")
@@ -286,77 +250,20 @@ class PipelineManager:
             self._set_state(PipelineState.RUNNING, "workers started")
             return self
 
-    def _record_index(self, name: str) -> int:
-        if name not in self._record_indices:
-            used = set(self._record_indices.values())
-            free = next((i for i in range(layout.REC_CAPACITY) if i not in used), None)
-            if free is None:
-                raise WorkerProcessError(f"a namespace holds at most {layout.REC_CAPACITY} workers")
-            self._record_indices[name] = free
-        return self._record_indices[name]
-
     def _spawn(self, kernel: KernelConfig, index: int) -> WorkerHandle:
-        cpus = available_cpus()
-        cpu_slot = self.placement_policy.cpu_slot_for(kernel=kernel, index=index, cpu_count=len(cpus))
-        handle = WorkerHandle(kernel, index, self._record_index(kernel.name), cpu_slot)
-        handle.spawn_token = secrets.randbits(63) or 1
-        self._block.reset_record(handle.record_index, kernel.name, handle.spawn_token)
+        cpu_slot = self.placement_policy.cpu_slot_for(kernel=kernel, index=index, cpu_count=len(available_cpus()))
         shared = {name: self.config.stream(name) for name in (*kernel.all_inputs, *kernel.all_outputs)}
-        spec = WorkerSpec(
-            kernel=kernel,
-            kernel_class=self.registry.get(kernel.kind),
-            shared_memory=shared,
-            namespace=self.namespace,
-            block_name=self._block.name,
-            record_index=handle.record_index,
-            spawn_token=handle.spawn_token,
-            cpu_slot=cpu_slot,
-            config_base_dir=str(self.config.base_path),
-            parent_pid=os.getpid(),
-            wait_strategy=self.wait_strategy,
-            telemetry=self.telemetry,
-        )
-        payload = encode_spec(spec)
-        threads = str(blas_threads(kernel))
-        process = spawning.start_child("shmpiped.worker:main", kernel.name, stdin=subprocess.PIPE,
-                                       close_fds=True, env=dict.fromkeys(BLAS_THREAD_VARIABLES, threads))
-        try:
-            process.stdin.write(payload)
-            process.stdin.close()
-        except BrokenPipeError:
-            pass  # it died at once: poll_events will report why
-        handle.process = process
-        self.workers[kernel.name] = handle
-        self._event("worker_spawned", kernel=kernel.name, pid=process.pid, cpu_slot=cpu_slot)
-        return handle
+        return self._pool.spawn(
+            kernel, index, cpu_slot, kernel_class=self.registry.get(kernel.kind), shared_memory=shared,
+            namespace=self.namespace, config_base_dir=str(self.config.base_path),
+            wait_strategy=self.wait_strategy, telemetry=self.telemetry)
 
     def _wait_started(self, handles: list[WorkerHandle], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        pending = {h.name: h for h in handles}
-        while pending:
-            for name, handle in list(pending.items()):
-                if self._note_started(handle):
-                    del pending[name]
-                elif not handle.alive:
-                    self._collect_worker_failure(handle)
-                    self.raise_if_failed()
-                    raise WorkerProcessError(f"worker {name!r} exited during start")
-            if not pending:
-                break
-            if time.monotonic() >= deadline:
-                raise WorkerProcessError(f"timed out waiting for workers to start: {', '.join(sorted(pending))}")
-            time.sleep(0.005)
+        def died(handle: WorkerHandle) -> None:
+            self._collect_worker_failure(handle)
+            self.raise_if_failed()
 
-    def _note_started(self, handle: WorkerHandle) -> bool:
-        """True once the worker has reached its loop (recording the event the first time)."""
-        if handle.started_at is not None:
-            return True
-        snap = self._snapshot_of(handle)
-        if snap is None or snap.state not in (layout.WS_RUNNING, layout.WS_PAUSED):
-            return False
-        handle.started_at = time.time()
-        self._event("worker_started", kernel=handle.name, pid=handle.pid, cpu_slot=handle.cpu_slot)
-        return True
+        self._pool.wait_started(handles, timeout, died)
 
     def pause(self) -> None:
         with self._lock:
@@ -364,7 +271,7 @@ class PipelineManager:
             self._require("pause", PipelineState.RUNNING)
             self._block.set_paused(True)
             self._pause_event.set()
-            self._wake_workers(self.workers.values())
+            self._pool.wake(self.workers.values())
             self._set_state(PipelineState.PAUSED, "pause requested")
 
     def resume(self) -> None:
@@ -400,36 +307,7 @@ class PipelineManager:
             self._block.set_paused(False)
 
     def _stop_workers(self, handles: list[WorkerHandle], timeout: float, force: bool) -> None:
-        """Ask each worker to stop, wake it, then terminate/kill what is left."""
-        for handle in handles:
-            handle.stopping = True
-            if self._block is not None:
-                self._block.request_stop(handle.record_index)
-        self._wake_workers(handles)
-        deadline = time.monotonic() + timeout
-        for handle in handles:
-            if handle.process is None:
-                continue
-            try:
-                handle.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                (handle.process.kill if force else handle.process.terminate)()
-                try:
-                    handle.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    handle.process.kill()
-                    handle.process.wait()
-            self._remember_metrics(handle)
-            self._event("worker_stopped", kernel=handle.name, pid=handle.pid,
-                        exitcode=handle.process.returncode)
-
-    def _wake_workers(self, handles) -> None:
-        """Wake workers parked on their inputs so they see a stop or pause at once."""
-        for handle in handles:
-            for name in handle.config.inputs:
-                stream = self.streams.get(name)
-                if stream is not None and not stream.closed:
-                    stream.wake_all()
+        self._pool.stop(handles, timeout, force, self._remember_metrics)
 
     def shutdown(self, unlink: bool = True, unlink_external: bool = False, force: bool = False) -> None:
         with self._lock:
@@ -448,7 +326,7 @@ class PipelineManager:
             self.owned_streams.clear()
             if self._block is not None:
                 self._block.close(unlink=True)
-                self._block = None
+                self._pool.block = None
             self._set_state(PipelineState.STOPPED, "shutdown")
 
     # ------------------------------------------------------------------ restart / add_kernel
@@ -540,7 +418,7 @@ class PipelineManager:
                     self._stop_workers([handle], timeout=1.0, force=True)
                 self._failures = [f for f in self._failures if f.get("kernel") != kernel.name]
                 self.kernel_configs.pop(kernel.name, None)
-                self._record_indices.pop(kernel.name, None)
+                self._pool.release_record(kernel.name)
                 for spec in new_specs:
                     stream = self.streams.pop(spec.name, None)
                     if stream is not None:
@@ -586,7 +464,7 @@ class PipelineManager:
                     continue
                 code = handle.process.poll()
                 if code is None:
-                    self._note_started(handle)
+                    self._pool.note_started(handle)
                 elif code != 0:
                     self._collect_worker_failure(handle)
                 elif not handle.exit_reported:  # left on its own, cleanly: stopped, not failed
@@ -604,30 +482,11 @@ class PipelineManager:
     def _collect_worker_failure(self, handle: WorkerHandle) -> None:
         if any(f.get("kernel") == handle.name for f in self._failures):
             return
-        code = handle.process.poll()
-        snap = self._block.snapshot(handle.record_index) if self._block is not None else None
-        error_text = snap.error if snap is not None and snap.spawn_token == handle.spawn_token else ""
-        if error_text:
-            first_line, _, trace = error_text.partition("\n")
-            error = first_line
-        else:
-            error, trace = _exit_description(code), None
         self._remember_metrics(handle)
-        record = {
-            "type": "worker_failed",
-            "component_type": "worker",
-            "kernel": handle.name,
-            "time": time.time(),
-            "pid": handle.pid,
-            "cpu_slot": handle.cpu_slot,
-            "exit_code": code if code is not None and code >= 0 else None,
-            "signal": signal.Signals(-code).name if code is not None and code < 0 else None,
-            "error": error,
-            "traceback": trace,
-        }
+        record = self._pool.failure_record(handle)
         self._failures.append(record)
-        self._event("worker_failed", kernel=handle.name, pid=handle.pid, error=error)
-        log.error("worker %r failed: %s", handle.name, error)
+        self._event("worker_failed", kernel=handle.name, pid=handle.pid, error=record["error"])
+        log.error("worker %r failed: %s", handle.name, record["error"])
 
     def _collect_endpoint_failures(self) -> None:
         for controller in (*self._sources.values(), *self._sinks.values()):
@@ -655,52 +514,10 @@ class PipelineManager:
                 f"{first.get('component_type', 'worker')} {first['kernel']!r} failed: {first['error']}")
 
     # ------------------------------------------------------------------ status
-    def _snapshot_of(self, handle: WorkerHandle):
-        """The telemetry of this spawn of the worker (None before it wrote any)."""
-        if self._block is None:
-            return None
-        snap = self._block.snapshot(handle.record_index)
-        return snap if snap is not None and snap.spawn_token == handle.spawn_token else None
-
     def _remember_metrics(self, handle: WorkerHandle) -> None:
-        snap = self._snapshot_of(handle)
+        snap = self._pool.snapshot_of(handle)
         if snap is not None and snap.frames:
-            self._last_metrics[handle.name] = {
-                "pid": handle.pid, "cpu_slot": handle.cpu_slot,
-                **health.worker_metrics(snap, time.monotonic_ns()),
-            }
-
-    def _worker_status(self, handle: WorkerHandle, snap, now_ns: int) -> dict:
-        failed = any(f.get("kernel") == handle.name for f in self._failures)
-        alive = handle.alive
-        idle_s, age_s = health.idle_and_age(snap, now_ns)
-        state = health.derive_health(
-            failed=failed, alive=alive, paused=self._state == PipelineState.PAUSED, snapshot=snap,
-            running=self._state == PipelineState.RUNNING, idle_s=idle_s,
-            read_timeout=handle.config.read_timeout,
-        )
-        if state == "stopped" or state == "starting":
-            idle_s = age_s = None
-        entry = {
-            "pid": handle.pid,
-            "alive": alive,
-            "exitcode": handle.exitcode,
-            "cpu_slot": handle.cpu_slot,
-            "health": state,
-            "idle_s": idle_s,
-            "last_metric_age_s": age_s,
-            "restarts": self._restart_counts[handle.name],
-        }
-        if snap is not None and snap.frames:
-            metrics = {"pid": handle.pid, "cpu_slot": handle.cpu_slot, **health.worker_metrics(snap, now_ns)}
-            self._last_metrics[handle.name] = metrics
-            entry.update(metrics)
-            entry["exec_histogram"] = health.histogram(snap, layout.REC_EXEC_HIST, layout.REC_EXEC_SUM_NS)
-            self._note_overruns(handle.name, metrics["overruns"])
-        elif snap is not None:  # no frame yet: lapped every time, or a frame-id barrier still skipping
-            entry.update(health.wait_counters(snap))
-            self._note_overruns(handle.name, entry["overruns"])
-        return entry
+            self._last_metrics[handle.name] = status_parts.worker_metrics(handle, snap, time.monotonic_ns())
 
     def _note_overruns(self, name: str, overruns: int) -> None:
         """Log an event when a worker's overrun count rose since the last look."""
@@ -709,73 +526,26 @@ class PipelineManager:
             self._event("overrun_burst", kernel=name, overruns=overruns - seen, total=overruns)
         self._overruns_seen[name] = overruns
 
-    def _end_to_end(self, snaps: dict) -> dict:
-        """Latency from origin to each sink stream, from the telemetry of its producer."""
-        result = {}
-        producers = {out: k.name for k in self.config.kernels for out in k.outputs}
-        for stream in self.graph.sink_streams():
-            producer = producers.get(stream)
-            snap = snaps.get(producer)
-            if snap is None:
-                continue
-            stats = snap.latency_stats()
-            as_us = lambda value: None if value is None else value * 1e6  # noqa: E731
-            result[stream] = {
-                "producer": producer,
-                "samples": stats.count,
-                "window": min(stats.count, layout.WINDOW),
-                "p50_us": as_us(stats.p50_s),
-                "p90_us": as_us(stats.p90_s),
-                "p99_us": as_us(stats.p99_s),
-                "max_us": as_us(stats.max_s),
-                "histogram": health.histogram(snap, layout.REC_LATENCY_HIST, layout.REC_LATENCY_SUM_NS),
-            }
-        return result
-
-    def _stream_status(self) -> dict:
-        graph = self.graph
-        result = {}
-        for name, stream in self.streams.items():
-            if stream.closed:
-                continue
-            count = stream.count
-            result[name] = {
-                "count": count,
-                "frame_id": stream.frame_id if count else None,
-                "write_time": stream.write_time,
-                "role": graph.stream_role(name),
-                "owned": name in self.owned_streams,
-                "storage": stream.storage,
-                "gpu_device": stream.gpu_device,
-                "cpu_mirror": stream.cpu_mirror,
-            }
-        return result
-
     def status(self, poll: bool = True) -> dict:
         with self._lock:
             if poll:
                 self.poll_events()
             now_ns = time.monotonic_ns()
-            snaps = {name: self._snapshot_of(h) for name, h in self.workers.items()}
-            workers = {name: self._worker_status(h, snaps[name], now_ns) for name, h in self.workers.items()}
+            failed = {f.get("kernel") for f in self._failures}
+            snaps = {name: self._pool.snapshot_of(h) for name, h in self.workers.items()}
+            workers = {}
+            for name, handle in self.workers.items():
+                entry, metrics = status_parts.worker_entry(
+                    handle, snaps[name], now_ns, failed=name in failed, state=self._state.value,
+                    restarts=self._restart_counts[name])
+                workers[name] = entry
+                if metrics is not None:
+                    self._last_metrics[name] = metrics
+                if "overruns" in entry:
+                    self._note_overruns(name, entry["overruns"])
             sources = {name: c.snapshot() for name, c in self._sources.items()}
             sinks = {name: c.snapshot() for name, c in self._sinks.items()}
-            count = collections.Counter(w["health"] for w in workers.values())
-            summary = {
-                "workers_total": len(workers),
-                "active_workers": count["active"],
-                "idle_workers": count["idle"],
-                "paused_workers": count["paused"],
-                "failed_workers": count["failed"],
-                "stopped_workers": count["stopped"],
-                "waiting_workers": count["waiting-input"] + count["starting"],
-                "sources_total": len(sources),
-                "active_sources": sum(1 for s in sources.values() if not s.get("last_error") and s.get("alive")),
-                "failed_sources": sum(1 for s in sources.values() if s.get("last_error")),
-                "sinks_total": len(sinks),
-                "active_sinks": sum(1 for s in sinks.values() if not s.get("last_error") and s.get("alive")),
-                "failed_sinks": sum(1 for s in sinks.values() if s.get("last_error")),
-            }
+            graph = self.graph
             return {
                 "state": self._state.value,
                 "namespace": self.namespace,
@@ -785,11 +555,11 @@ class PipelineManager:
                 "failures": [dict(f) for f in self._failures],
                 "metrics": {k: dict(v) for k, v in self._last_metrics.items()},
                 "synthetic_sources": self.synthetic_input_status(),
-                "streams": self._stream_status(),
-                "end_to_end": self._end_to_end(snaps),
+                "streams": status_parts.stream_entries(self.streams, self.owned_streams, graph),
+                "end_to_end": status_parts.end_to_end(self.config, graph, snaps),
                 "histogram_bounds_s": list(layout.HIST_BOUNDS_S),
                 "placement_policy": self.placement_policy.describe(),
-                "summary": summary,
+                "summary": status_parts.summary(workers, sources, sinks),
             }
 
     def runtime_snapshot(self, poll: bool = True) -> dict:

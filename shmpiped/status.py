@@ -1,0 +1,115 @@
+"""The pieces of ``PipelineManager.status()``: per-worker entries, end-to-end latency, streams, summary.
+
+Pure functions over what the manager holds (worker handles and their
+telemetry snapshots, streams, the graph); the manager composes them under its
+lock and keeps the side effects (remembered metrics, overrun events).  Every
+key is described in docs/status.md.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from . import health
+from .shm import layout
+
+
+def worker_entry(handle, snap, now_ns: int, *, failed: bool, state: str, restarts: int) -> tuple[dict, dict | None]:
+    """One worker's status entry, and its metrics once it has processed a frame (else None);
+    ``state`` is the pipeline's."""
+    alive = handle.alive
+    idle_s, age_s = health.idle_and_age(snap, now_ns)
+    worker_health = health.derive_health(
+        failed=failed, alive=alive, paused=state == "paused", snapshot=snap, running=state == "running",
+        idle_s=idle_s, read_timeout=handle.config.read_timeout,
+    )
+    if worker_health in ("stopped", "starting"):
+        idle_s = age_s = None
+    entry = {
+        "pid": handle.pid,
+        "alive": alive,
+        "exitcode": handle.exitcode,
+        "cpu_slot": handle.cpu_slot,
+        "health": worker_health,
+        "idle_s": idle_s,
+        "last_metric_age_s": age_s,
+        "restarts": restarts,
+    }
+    metrics = None
+    if snap is not None and snap.frames:
+        metrics = worker_metrics(handle, snap, now_ns)
+        entry.update(metrics)
+        entry["exec_histogram"] = health.histogram(snap, layout.REC_EXEC_HIST, layout.REC_EXEC_SUM_NS)
+    elif snap is not None:  # no frame yet: lapped every time, or a frame-id barrier still skipping
+        entry.update(health.wait_counters(snap))
+    return entry, metrics
+
+
+def worker_metrics(handle, snap, now_ns: int) -> dict:
+    """The seed's per-worker metrics (what ``status()["metrics"]`` keeps after a worker stops)."""
+    return {"pid": handle.pid, "cpu_slot": handle.cpu_slot, **health.worker_metrics(snap, now_ns)}
+
+
+def end_to_end(config, graph, snaps: dict) -> dict:
+    """Latency from origin to each sink stream, from the telemetry of its producer."""
+    result = {}
+    producers = {out: k.name for k in config.kernels for out in k.outputs}
+    as_us = lambda value: None if value is None else value * 1e6  # noqa: E731
+    for stream in graph.sink_streams():
+        producer = producers.get(stream)
+        snap = snaps.get(producer)
+        if snap is None:
+            continue
+        stats = snap.latency_stats()
+        result[stream] = {
+            "producer": producer,
+            "samples": stats.count,
+            "window": min(stats.count, layout.WINDOW),
+            "p50_us": as_us(stats.p50_s),
+            "p90_us": as_us(stats.p90_s),
+            "p99_us": as_us(stats.p99_s),
+            "max_us": as_us(stats.max_s),
+            "histogram": health.histogram(snap, layout.REC_LATENCY_HIST, layout.REC_LATENCY_SUM_NS),
+        }
+    return result
+
+
+def stream_entries(streams: dict, owned: set, graph) -> dict:
+    result = {}
+    for name, stream in streams.items():
+        if stream.closed:
+            continue
+        count = stream.count
+        result[name] = {
+            "count": count,
+            "frame_id": stream.frame_id if count else None,
+            "write_time": stream.write_time,
+            "role": graph.stream_role(name),
+            "owned": name in owned,
+            "storage": stream.storage,
+            "gpu_device": stream.gpu_device,
+            "cpu_mirror": stream.cpu_mirror,
+        }
+    return result
+
+
+def summary(workers: dict, sources: dict, sinks: dict) -> dict:
+    """Counts of workers per health state, and of live and failed sources and sinks."""
+    count = collections.Counter(w["health"] for w in workers.values())
+    live = lambda entries: sum(1 for e in entries.values() if not e.get("last_error") and e.get("alive"))  # noqa: E731
+    failed = lambda entries: sum(1 for e in entries.values() if e.get("last_error"))  # noqa: E731
+    return {
+        "workers_total": len(workers),
+        "active_workers": count["active"],
+        "idle_workers": count["idle"],
+        "paused_workers": count["paused"],
+        "failed_workers": count["failed"],
+        "stopped_workers": count["stopped"],
+        "waiting_workers": count["waiting-input"] + count["starting"],
+        "sources_total": len(sources),
+        "active_sources": live(sources),
+        "failed_sources": failed(sources),
+        "sinks_total": len(sinks),
+        "active_sinks": live(sinks),
+        "failed_sinks": failed(sinks),
+    }
