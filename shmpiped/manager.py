@@ -371,6 +371,48 @@ class PipelineManager:
                 self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, "workers restarted")
             return names
 
+    # ------------------------------------------------------------------ reconfiguration
+    def begin_reconfigure(self, config, timeout: float | None = None):
+        """Start changing the running pipeline to ``config`` (same namespace); returns the
+        ``shmpiped.reconfigure.Reconfiguration`` to ``poll()`` and then ``commit()`` or ``rollback()``.
+
+        Only what differs stops and starts: unchanged workers, sources, sinks and
+        streams (with their contents) keep running.  Raises, with the old
+        pipeline running again, if a step fails.
+        """
+        from .reconfigure import Reconfiguration
+
+        if not isinstance(config, PipelineConfig):
+            config = PipelineConfig.from_dict(config, base_path=self.config.base_path)
+        with self._lock:
+            self.poll_events()
+            self._require("reconfigure", PipelineState.RUNNING, PipelineState.PAUSED, PipelineState.FAILED)
+            from .validation import validate_pipeline_config
+
+            errors = validate_pipeline_config(config, self.registry)
+            if errors:
+                raise ConfigValidationError(errors[0], errors=errors)
+            return Reconfiguration(self, config, timeout).begin()
+
+    def reconfigure(self, config, timeout: float | None = None) -> dict:
+        """Change the running pipeline to ``config`` and wait until its new workers run; on any failure
+        the old pipeline runs again and WorkerProcessError (or the build's error) is raised."""
+        change = self.begin_reconfigure(config, timeout)
+        while (outcome := change.poll()) == "pending":
+            time.sleep(0.005)
+        with self._lock:
+            if outcome == "ready":
+                change.commit()
+                return {"reconfigured": True, "plan": change.plan.describe()}
+            change.rollback()
+        raise WorkerProcessError(change.error)
+
+    def _after_reconfiguration(self, reason: str) -> None:
+        self._event("reconfigured", reason=reason)
+        if self._state == PipelineState.FAILED and not self._failures:
+            paused = self._pause_event.is_set()
+            self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, reason)
+
     def replace_kernel_config(self, kernel: KernelConfig) -> None:
         """Use ``kernel`` (same name) the next time that worker is (re)started."""
         with self._lock:
@@ -590,32 +632,44 @@ class PipelineManager:
 
     # ------------------------------------------------------------------ sources, sinks, synthetic
     def _start_sinks(self) -> None:
-        if not self.config.sinks:
-            return
-        from .endpoints import SinkController
-
         for config in self.config.sinks:
-            streams = {name: self.streams[name] for name in (config.stream, *config.outputs)}
-            auxiliary = {b.alias: self.streams[b.name] for b in config.auxiliary}
-            plugin = self.registry.create_sink(config, self.config.streams_by_name, auxiliary,
-                                               config_base_dir=str(self.config.base_path))
-            controller = SinkController(config, plugin, streams, self._pause_event)
-            self._sinks[config.name] = controller
-            controller.start()
+            self._start_sink(config)
 
     def _start_sources(self) -> None:
-        if not self.config.sources:
-            return
+        for config in self.config.sources:
+            self._start_source(config)
+
+    def _start_sink(self, config) -> None:
+        from .endpoints import SinkController
+
+        streams = {name: self.streams[name] for name in (config.stream, *config.outputs)}
+        auxiliary = {b.alias: self.streams[b.name] for b in config.auxiliary}
+        plugin = self.registry.create_sink(config, self.config.streams_by_name, auxiliary,
+                                           config_base_dir=str(self.config.base_path))
+        controller = SinkController(config, plugin, streams, self._pause_event)
+        self._sinks[config.name] = controller
+        controller.start()
+
+    def _start_source(self, config) -> None:
         from .endpoints import SourceController
 
-        for config in self.config.sources:
-            streams = {name: self.streams[name] for name in config.streams}
-            auxiliary = {b.alias: self.streams[b.name] for b in config.auxiliary}
-            plugin = self.registry.create_source(config, self.config.streams_by_name, auxiliary,
-                                                 config_base_dir=str(self.config.base_path))
-            controller = SourceController(config, plugin, streams, self._pause_event)
-            self._sources[config.name] = controller
-            controller.start()
+        streams = {name: self.streams[name] for name in config.streams}
+        auxiliary = {b.alias: self.streams[b.name] for b in config.auxiliary}
+        plugin = self.registry.create_source(config, self.config.streams_by_name, auxiliary,
+                                             config_base_dir=str(self.config.base_path))
+        controller = SourceController(config, plugin, streams, self._pause_event)
+        self._sources[config.name] = controller
+        controller.start()
+
+    def _stop_endpoints(self, names, timeout: float = 5.0) -> None:
+        """Stop the sources, then the sinks, of these names (those that run)."""
+        for table in (self._sources, self._sinks):
+            for name in [n for n in names if n in table]:
+                table[name].stop(timeout)
+        self._collect_endpoint_failures()
+        for table in (self._sources, self._sinks):
+            for name in names:
+                table.pop(name, None)
 
     def source_status(self) -> dict:
         return {name: c.snapshot() for name, c in self._sources.items()}

@@ -29,3 +29,13 @@ class SleepyCopy(CopyKernel):
     def compute_into(self, trigger_input, output, auxiliary_inputs) -> None:
         time.sleep(self.sleep_s)
         super().compute_into(trigger_input, output, auxiliary_inputs)
+
+
+class FailingStartCopy(CopyKernel):
+    """cpu.copy whose construction raises (a device that cannot be opened, say)."""
+
+    kind = "test.failing_start_copy"
+
+    def __init__(self, context):
+        super().__init__(context)
+        raise RuntimeError(context.config.parameters.get("message", "cannot open the device"))

@@ -245,7 +245,7 @@ def test_sighup_reload_applies_valid_changes_and_survives_invalid_ones(tmp_path,
         daemon.process.send_signal(signal.SIGHUP)
         wait_for(lambda: output.read().tolist() == [3.0] * 4, timeout=20)
         assert daemon.status()["daemon"]["reload_error"] is None
-        assert "reload: restarted changed kernels stage" in daemon.output
+        assert "reload: reconfigured: kernels (re)started: stage" in daemon.output
     finally:
         output.close()
 

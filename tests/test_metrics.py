@@ -40,6 +40,8 @@ DAEMON = {
     "target_rate_hz": 200.0,
     "failures_total": 3,
     "restarts_total": 2,
+    "last_reload_successful": False,
+    "last_reload_success_time": 1_700_000_100.25,
 }
 
 
@@ -219,6 +221,8 @@ def test_values_mirror_the_snapshot(live):
     assert value(f, "shmpiped_supervisor_loop_iterations", "_total") == 10
     assert value(f, "shmpiped_daemon_start_time_seconds") == 1_700_000_000.5
     assert samples(f, "shmpiped_daemon_start_time_seconds")[0].labels == {}
+    assert value(f, "shmpiped_config_last_reload_successful") == 0
+    assert value(f, "shmpiped_config_last_reload_success_timestamp_seconds") == 1_700_000_100.25
     loop = samples(f, "shmpiped_supervisor_loop_duration_seconds", "_bucket")
     assert [(b.labels["le"], b.value) for b in loop] == [("0.001", 0), ("0.01", 5), ("0.1", 8), ("1.0", 9),
                                                          ("+Inf", 10)]
@@ -328,7 +332,8 @@ def test_malformed_or_partial_pieces_only_omit_their_family(live):
     promtool_check(body)
     for absent in ("shmpiped_supervisor_loop_duration_seconds", "shmpiped_supervisor_loop_iterations",
                    "shmpiped_pipeline_target_rate_hertz", "shmpiped_daemon_start_time_seconds",
-                   "shmpiped_synthetic_input_target_rate_hertz", "shmpiped_pipeline_restarts"):
+                   "shmpiped_synthetic_input_target_rate_hertz", "shmpiped_pipeline_restarts",
+                   "shmpiped_config_last_reload_successful"):
         assert absent not in families, absent
     assert value(families, "shmpiped_pipeline_failures", "_total") == len(snapshot["failures"])
     assert not samples(families, "shmpiped_worker_exec_seconds", "_count", worker="scale")

@@ -30,6 +30,7 @@ from ..errors import (
     ConfigValidationError,
     NamespaceBusyError,
     SharedMemoryError,
+    ShmPipelineError,
     StateTransitionError,
     WorkerProcessError,
 )
@@ -48,6 +49,11 @@ EXIT_CONFIG = 78
 LOOP_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 START_EXTEND_S = 30.0  # EXTEND_TIMEOUT_USEC granted while workers are still starting
 COMMAND_TIMEOUT_S = 30.0
+EXHAUSTED_LOG_INTERVAL_S = 60.0  # a pipeline left failed (--no-fail-fast) is reported this often, not every loop
+
+
+class ReloadFailed(ShmPipelineError):
+    """A reload that could not be applied (the running pipeline is unchanged); answers `ctl reload`."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,12 @@ class Daemon:
         self.failures_total = 0
         self.reload_error: str | None = None
         self.started_at = time.time()
+        self.last_reload_successful = True  # the file loaded at start counts, as in Prometheus
+        self.last_reload_success_time = self.started_at
+        self._reload_thread = None
+        self._reload_answers: list = []       # `ctl reload` clients waiting for the next reload
+        self._deferred: list = []              # commands held while a reload runs
+        self._exhausted_logged_at: float | None = None
         self._loop = _LoopTimer()
         self._http = None
         self._control = None
@@ -137,22 +149,49 @@ class Daemon:
         self._wake.set()
         return future.result(timeout=COMMAND_TIMEOUT_S)
 
-    def _run_commands(self) -> None:
+    def _run_commands(self, reloading: bool) -> list:
+        """Carry out the queued control commands; returns (future, result or exception) to answer once
+        the snapshot that reflects them is published.  While a reload runs, only ``status`` is answered
+        and the rest wait for it; ``reload`` requests are answered when their reload is done."""
+        done = []
+        pending, self._deferred = self._deferred, []
         while True:
             try:
-                request, future = self._commands.get_nowait()
+                pending.append(self._commands.get_nowait())
             except queue.Empty:
-                return
-            try:
-                future.set_result(self._command(request))
-            except Exception as exc:  # noqa: BLE001 - reported to the client, the daemon goes on
-                future.set_exception(exc)
+                break
+        for request, future in pending:
+            command = request.get("command")
+            if command == "reload":
+                self._log_command(request)
+                self._reload_answers.append(future)
+                self._reload_requested = True
+            elif reloading and command != "status":
+                self._deferred.append((request, future))
+            else:
+                try:
+                    done.append((future, self._command(request)))
+                except Exception as exc:  # noqa: BLE001 - reported to the client, the daemon goes on
+                    done.append((future, exc))
+        return done
+
+    @staticmethod
+    def _answer(done: list) -> None:
+        for future, result in done:
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    @staticmethod
+    def _log_command(request: dict) -> None:
+        peer = request.get("_peer", {})
+        log.info("control: %s from pid %s uid %s", request.get("command"), peer.get("pid"), peer.get("uid"))
 
     def _command(self, request: dict):
         command = request.get("command")
-        peer = request.get("_peer", {})
         if command != "status":
-            log.info("control: %s from pid %s uid %s", command, peer.get("pid"), peer.get("uid"))
+            self._log_command(request)
         manager = self.manager
         if command == "status":
             return self._published.snapshot if self._published else manager.runtime_snapshot()
@@ -162,11 +201,10 @@ class Daemon:
             manager.resume()
         elif command == "restart":
             worker = request.get("worker")
+            self._reset_supervision()  # an explicit restart gives the workers their budget back
             return {"restarted": manager.restart(workers=[worker] if worker else None, wait=False)}
         elif command == "stop":
             self.request_stop("control command")
-        elif command == "reload":
-            return self._reload()
         elif command == "synthetic":
             action = request.get("action")
             if action == "start":
@@ -200,48 +238,46 @@ class Daemon:
             raise ConfigValidationError(errors[0], errors=errors)
         return source, config
 
-    def _reload(self) -> dict:
-        """Re-read the pipeline file; keep running on error, else apply the change."""
+    def _begin_reload(self) -> None:
+        """Start reading and applying the pipeline file in a thread (see ``shmpiped.service.reload``)."""
         from ..manager import PipelineManager
+        from .reload import ReloadThread, reload_pipeline
 
         self._reload_requested = False
         self.notifier.reloading()
-        try:
-            try:
-                _, config = self._load_config()
-            except (ConfigValidationError, OSError) as exc:
-                self.reload_error = str(exc)
-                log.error("reload failed, keeping the running pipeline: %s", exc)
-                return {"reloaded": False, "error": self.reload_error}
-            self.reload_error = None
-            if config == self.config:
-                log.info("reload: pipeline unchanged")
-                return {"reloaded": False, "changed": []}
-            old = self.config
-            same_shape = (config.shared_memory == old.shared_memory and config.sources == old.sources
-                          and config.sinks == old.sinks and config.namespace == old.namespace
-                          and [k.name for k in config.kernels] == [k.name for k in old.kernels])
-            if same_shape:
-                changed = [k.name for k, before in zip(config.kernels, old.kernels) if k != before]
-                for kernel in config.kernels:
-                    if kernel.name in changed:
-                        self.manager.replace_kernel_config(kernel)
-                self.manager.restart(workers=changed, wait=False)
-                log.info("reload: restarted changed kernels %s", ", ".join(changed))
-            else:
-                log.info("reload: streams or nodes changed, rebuilding the pipeline")
-                self.manager.shutdown(force=True)
-                self.manager = PipelineManager(config)
-                self.manager.build()
-                self.manager.start(wait=False)
+        log.info("reload: reading %s", self.config_source)
+        manager, running = self.manager, self.config
+        self._reload_thread = ReloadThread(
+            lambda: reload_pipeline(self._load_config, manager, running, PipelineManager),
+            self._wake.set, self._reload_answers)
+        self._reload_answers = []
+        self._reload_thread.start()
+
+    def _finish_reload(self) -> None:
+        thread, self._reload_thread = self._reload_thread, None
+        outcome = thread.outcome
+        if outcome.ok:
+            if outcome.manager is not None:  # another namespace: the new pipeline runs, the old one goes
+                old, self.manager = self.manager, outcome.manager
+                old.shutdown(force=True)
                 self._failures_seen = 0
-                changed = ["*"]
-            self.config = config
-            self._ready_sent = False
-            return {"reloaded": True, "changed": changed}
-        finally:
-            if self._ready_sent or not self.manager:
-                self.notifier.ready()
+            if outcome.config is not None:
+                self.config = outcome.config
+            self.reload_error = None
+            self.last_reload_successful = True
+            self.last_reload_success_time = time.time()
+            self._reset_supervision()  # a reload gives the workers their budget back
+            log.info("reload: %s", outcome.message)
+            answer = {"reloaded": outcome.config is not None, "changed": outcome.changed, "detail": outcome.message}
+        else:
+            self.reload_error = outcome.message
+            self.last_reload_successful = False
+            log.error("reload failed: %s", outcome.message)
+            answer = ReloadFailed(outcome.message)
+        self._answer([(future, answer) for future in thread.answers])
+        if outcome.manager is not None:
+            self._restart_control_socket()
+        self.notifier.ready(None if outcome.ok else f"reload failed: {outcome.message}")
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -306,23 +342,34 @@ class Daemon:
 
             self._http = HttpApi(self.settings.http_address, lambda: self._published).start()
         if self.settings.control_socket is not None:
-            from .control_socket import ControlServer, default_socket_path
+            self._start_control_socket()
 
-            paths = [self.settings.control_socket or default_socket_path(self.manager.namespace)]
-            if not self.settings.control_socket and self.manager.shares_namespace:
-                # Other daemons may share the namespace: the first takes <ns>.sock, the others <ns>-<pid>.sock.
-                paths.append(default_socket_path(f"{self.manager.namespace}-{os.getpid()}"))
-            for path in paths:
-                try:
-                    self._control = ControlServer(path, self.submit).start()
-                    log.info("control socket at %s", path)
-                    break
-                except OSError as exc:  # the pipeline matters more than its remote control
-                    self._control = None
-                    if path != paths[-1]:
-                        log.warning("control socket %s is not usable (%s); trying the next", path, exc)
-                    else:
-                        log.error("no control socket (shmpiped ctl will not reach this daemon): %s: %s", path, exc)
+    def _start_control_socket(self) -> None:
+        from .control_socket import ControlServer, default_socket_path
+
+        paths = [self.settings.control_socket or default_socket_path(self.manager.namespace)]
+        if not self.settings.control_socket and self.manager.shares_namespace:
+            # Other daemons may share the namespace: the first takes <ns>.sock, the others <ns>-<pid>.sock.
+            paths.append(default_socket_path(f"{self.manager.namespace}-{os.getpid()}"))
+        for path in paths:
+            try:
+                self._control = ControlServer(path, self.submit).start()
+                log.info("control socket at %s", path)
+                break
+            except OSError as exc:  # the pipeline matters more than its remote control
+                self._control = None
+                if path != paths[-1]:
+                    log.warning("control socket %s is not usable (%s); trying the next", path, exc)
+                else:
+                    log.error("no control socket (shmpiped ctl will not reach this daemon): %s: %s", path, exc)
+
+    def _restart_control_socket(self) -> None:
+        """After a namespace change, serve control on the new namespace's default socket."""
+        if self.settings.control_socket or self._control is None:
+            return  # an explicit path stays; none stays none
+        self._control.close()
+        self._control = None
+        self._start_control_socket()
 
     def _close_servers(self) -> None:
         if self._http is not None:
@@ -347,24 +394,33 @@ class Daemon:
             if deadline is not None and began >= deadline:
                 log.info("stopping: --duration elapsed")
                 break
-            if self._reload_requested:
-                self._reload()
-            self._run_commands()
-            snapshot = self._supervise(began)
-            if self.supervisor.exhausted:
-                log.error("pipeline failed beyond its restart budget: %s", self.supervisor.exhausted)
-                if self.settings.fail_fast:
-                    self.notifier.stopping(f"failed: {self.supervisor.exhausted}")
-                    status = EXIT_PIPELINE_FAILED
+            if self._reload_thread is not None and not self._reload_thread.is_alive():
+                self._finish_reload()
+            reloading = self._reload_thread is not None
+            answers = self._run_commands(reloading)
+            if self._reload_requested and not reloading:
+                self._begin_reload()
+                reloading = True
+            if reloading:  # the reload thread alone uses the manager: serve the last snapshot meanwhile
+                snapshot = self._published.snapshot if self._published else {}
+            else:
+                snapshot = self._supervise(began)
+                if self.supervisor.exhausted and self._note_exhausted(began):
                     self._publish(snapshot, began)
+                    self._answer(answers)
+                    status = EXIT_PIPELINE_FAILED
                     break
-            self._publish(snapshot, began)
+            if snapshot:
+                self._publish(snapshot, began)
+            self._answer(answers)
             now = time.monotonic()
             if self.notifier.watchdog_interval_s and now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + self.notifier.watchdog_interval_s
-            if now >= next_status:
+            if now >= next_status and snapshot:
                 line = self.status_line(snapshot)
+                if self.reload_error:
+                    line += f"; last reload failed: {self.reload_error}"
                 self.notifier.status(line)
                 log.info("%s", line)
                 next_status = now + self.settings.status_interval
@@ -372,6 +428,22 @@ class Daemon:
             self._wake.wait(max(0.0, self.settings.loop_interval - (time.monotonic() - began)))
             self._wake.clear()
         return status
+
+    def _reset_supervision(self) -> None:
+        self.supervisor.reset()
+        self._exhausted_logged_at = None
+
+    def _note_exhausted(self, now: float) -> bool:
+        """Report a pipeline failed beyond its restart budget (again once a minute at most); True to exit."""
+        if self.settings.fail_fast:
+            log.error("pipeline failed beyond its restart budget: %s", self.supervisor.exhausted)
+            self.notifier.stopping(f"failed: {self.supervisor.exhausted}")
+            return True
+        if self._exhausted_logged_at is None or now - self._exhausted_logged_at >= EXHAUSTED_LOG_INTERVAL_S:
+            log.error("pipeline failed beyond its restart budget: %s (no restarts until a reload or "
+                      "`shmpiped ctl restart`)", self.supervisor.exhausted)
+            self._exhausted_logged_at = now
+        return False
 
     def _supervise(self, now: float) -> dict:
         manager = self.manager
@@ -435,6 +507,9 @@ class Daemon:
             "restart_budget_exhausted": self.supervisor.exhausted,
             "target_rate_hz": self.settings.target_rate_hz,
             "reload_error": self.reload_error,
+            "reloading": self._reload_thread is not None,
+            "last_reload_successful": self.last_reload_successful,
+            "last_reload_success_time": self.last_reload_success_time,
             "ready": self._ready_sent,
         }
         if self._http is not None:

@@ -28,7 +28,8 @@ Rules (the catalogue is ``docs/metrics.md``):
 
     {"loop_duration_seconds": {"counts": [...], "sum_s": float, "bounds_s": [...]},
      "loop_iterations_total": int, "started_at": float, "target_rate_hz": float | None,
-     "failures_total": int, "restarts_total": int}
+     "failures_total": int, "restarts_total": int, "last_reload_successful": bool,
+     "last_reload_success_time": float}
 
   every missing or malformed piece just omits its family.
 """
@@ -290,6 +291,13 @@ def _daemon(out: _Families, daemon: Mapping, pipeline: str) -> None:
               daemon.get("target_rate_hz"))
     out.gauge("shmpiped_daemon_start_time_seconds", "Start time of the daemon since the Unix epoch.", {},
               daemon.get("started_at"))
+    successful = daemon.get("last_reload_successful")
+    out.gauge("shmpiped_config_last_reload_successful",
+              "Whether the last reload of the pipeline file was applied (1) or refused, the running pipeline "
+              "unchanged (0).", labels, None if successful is None else int(bool(successful)))
+    out.gauge("shmpiped_config_last_reload_success_timestamp_seconds",
+              "When the pipeline file was last loaded successfully (start or reload), since the Unix epoch.",
+              labels, daemon.get("last_reload_success_time"))
 
 
 def families(snapshot: Snapshot | None, versions: dict[str, str] | None = None) -> list[Metric]:

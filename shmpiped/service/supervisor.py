@@ -10,7 +10,8 @@ them out (kill, restart, exit).  Nothing here touches processes or HTTP.
   ``healthy_reset_s`` gets its back-off reset.
 * More than ``budget`` restarts of one worker within ``window_s`` spends its
   budget: the pipeline has failed, and the daemon exits (fail fast) so that
-  its orchestrator restarts it cleanly.
+  its orchestrator restarts it cleanly.  Without fail-fast it stays failed
+  until a reload or an explicit restart (``reset()``) gives the budget back.
 * A worker whose loop made no progress (``last_metric_age_s``: it touches its
   record every frame and at least every ``read_timeout`` while waiting) for
   longer than its watchdog timeout is hung: it is killed, then restarted like
@@ -127,6 +128,12 @@ class Supervisor:
             self.restarts_total += 1
             restart.append(name)
         return Verdict(kill=tuple(kill), restart=tuple(restart))
+
+    def reset(self) -> None:
+        """Forget every worker's restart history and a spent budget (after a reload or an explicit
+        restart: the operator changed something, so supervision starts afresh)."""
+        self._history.clear()
+        self.exhausted = None
 
     def forget(self, name: str) -> None:
         self._history.pop(name, None)
