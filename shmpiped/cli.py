@@ -10,12 +10,13 @@ import json
 import logging
 import os
 import sys
+import threading
 
 import click
 
 from . import __version__
 from .errors import ConfigValidationError, WorkerProcessError
-from .service.daemon import EXIT_CONFIG, EXIT_PIPELINE_FAILED, EXIT_UNAVAILABLE
+from .service.daemon import EXIT_CANT_CREATE, EXIT_CONFIG, EXIT_PIPELINE_FAILED, EXIT_UNAVAILABLE
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -90,17 +91,36 @@ def describe(file: str, as_json: bool) -> None:
 
 # ---------------------------------------------------------------------- run (the daemon)
 class _JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (journald and log shippers read it)."""
+    """One JSON object per line: time, level, logger, message, pid; ``exception`` holds a traceback
+    (never a line of its own); a relayed worker's record adds ``worker``, ``worker_pid`` and ``output``
+    (journald and log shippers read it)."""
+
+    EXTRA_FIELDS = ("worker", "worker_pid", "output")
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": round(record.created, 6), "level": record.levelname, "logger": record.name,
                  "message": record.getMessage(), "pid": record.process}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        for name in self.EXTRA_FIELDS:
+            if getattr(record, name, None) is not None:
+                entry[name] = getattr(record, name)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
 
 
 def configure_logging(level: str, fmt: str) -> None:
+    """Log records to stderr, one event per record in ``fmt`` ("plain" or "json"), at ``level``.
+
+    Workers started from now on have their stdout and stderr relayed as records
+    of ``shmpiped.worker.<kernel>`` (``shmpiped.worker_output``), so nothing
+    reaches stderr that is not a record in this format.
+    """
+    from .worker_output import relay_worker_output
+
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonLogFormatter())
@@ -109,6 +129,26 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logging.captureWarnings(True)               # warnings.warn(...) in this process: records of py.warnings
+    sys.excepthook = _log_uncaught_exception     # an uncaught exception: one record, its traceback inside
+    threading.excepthook = _log_thread_exception
+    relay_worker_output()
+
+
+def _log_uncaught_exception(exc_type, exc, tb) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        logging.getLogger("shmpiped").error("interrupted")
+        return
+    logging.getLogger("shmpiped").critical("uncaught exception: %s: %s", exc_type.__name__, exc,
+                                           exc_info=(exc_type, exc, tb))
+
+
+def _log_thread_exception(args) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("shmpiped").error("uncaught exception in thread %s: %s: %s", name, args.exc_type.__name__,
+                                        args.exc_value, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def _optional(value: str | None) -> str | None:
@@ -179,9 +219,27 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
     )
     daemon = Daemon(settings)
     status = daemon.run()
+    if status == EXIT_CANT_CREATE:
+        _explain_no_room(getattr(daemon, "config", None))
     if json_status and daemon.final_snapshot is not None:
         click.echo(json.dumps(daemon.final_snapshot, indent=2, sort_keys=True, default=str))
     sys.exit(status)
+
+
+def _explain_no_room(config) -> None:
+    """After exit 73: when the pipeline does not fit /dev/shm, one more record with the total it needs
+    and how to give it that (the daemon's record names only the segment that failed)."""
+    from .shm import layout
+    from .shm_inventory import no_room_message, shm_footprint
+
+    if config is None:
+        return
+    try:
+        fs = os.statvfs(layout.DEV_SHM)
+    except OSError:
+        return
+    if fs.f_bavail * fs.f_frsize < shm_footprint(config)["total"]:
+        logging.getLogger("shmpiped.daemon").error("%s", no_room_message(config))
 
 
 # ---------------------------------------------------------------------- ctl
@@ -208,36 +266,10 @@ def shm() -> None:
 
 
 def list_segments(namespace: str | None = None) -> list[dict]:
-    """Every shmpiped segment in /dev/shm, with its owner and whether it is stale."""
-    from .shm import layout
-    from .shm.segment import Segment, lock_holder_alive
+    """Every shmpiped segment in /dev/shm, with its owner and whether it is stale (``shm_inventory``)."""
+    from .shm_inventory import list_segments as listing
 
-    rows = []
-    for name in sorted(os.listdir(layout.DEV_SHM)):
-        parsed = layout.parse_segment_name(name)
-        if parsed is None or (namespace and parsed[0] != namespace):
-            continue
-        kind = "stream" if parsed[1] is not None else ("pipeline" if "@" in name else "namespace")
-        row = {"segment": name, "namespace": parsed[0], "stream": parsed[1], "kind": kind,
-               "size": os.stat(os.path.join(layout.DEV_SHM, name)).st_size}
-        try:
-            segment = Segment.open(name, writable=False)
-        except (OSError, ValueError) as exc:
-            row.update(owner_pid=None, alive=False, stale=True, detail=str(exc))
-        else:
-            alive = lock_holder_alive(segment.path)
-            kept = bool(segment.header(layout.H_FLAGS) & layout.FLAG_KEPT)
-            row.update(owner_pid=segment.owner().pid, alive=alive, stale=not alive and not kept)
-            if row["kind"] == "stream":
-                from .shm.stream import Stream
-
-                stream = Stream(segment, parsed[1], parsed[0])
-                row.update(shape=list(stream.shape), dtype=stream.dtype.name, count=stream.count)
-                stream.close()
-            else:
-                segment.close()
-        rows.append(row)
-    return rows
+    return listing(namespace)
 
 
 @shm.command("ls")
@@ -260,27 +292,24 @@ def shm_ls(namespace: str | None, as_json: bool) -> None:
 
 @shm.command("rm")
 @click.option("--namespace", default=None, help="Only this namespace.")
-@click.option("--force", is_flag=True, help="Also remove segments whose owner is alive.")
+@click.option("--force", is_flag=True,
+              help="Also remove segments whose owner is gone but that were kept on purpose or cannot be read "
+                   "(never those of a running owner).")
 def shm_rm(namespace: str | None, force: bool) -> None:
-    """Remove stale shmpiped segments (all of a namespace's with --force)."""
-    from .shm import layout
-    from .shm.segment import unlink_unless_held
+    """Remove the segments left by owners that are gone (stale; with --force also kept or unreadable ones).
 
-    refused = 0
-    for row in list_segments(namespace):
-        if row["alive"] and not force:
-            refused += 1
-            continue
-        if not row["stale"] and not force and not namespace:
-            continue
-        if force:
-            os.unlink(os.path.join(layout.DEV_SHM, row["segment"]))
-        elif not unlink_unless_held(row["segment"]):  # its owner came back meanwhile: leave it
-            refused += 1
-            continue
-        click.echo(f"removed {row['segment']}")
-    if refused:
-        click.echo(f"kept {refused} segment(s) owned by live processes (use --force to remove them)", err=True)
+    A segment whose owner still runs is never removed: stop the owner. Exit 1 when --namespace or --force
+    asked for segments that were left.
+    """
+    from .shm_inventory import remove_segments
+
+    removal = remove_segments(namespace, force)
+    for name in removal.removed:
+        click.echo(f"removed {name}")
+    for line in removal.messages():
+        click.echo(line, err=True)
+    if (namespace or force) and (removal.live or removal.needs_force):
+        sys.exit(EXIT_FAILURE)
 
 
 # ---------------------------------------------------------------------- view

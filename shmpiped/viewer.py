@@ -774,6 +774,9 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The viewer ends on Ctrl-C whatever started it: a parent run with `&` or `nohup`, or from a
+    # daemon, hands its children SIGINT "ignored", which Python would otherwise keep.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(prog="python -m shmpiped.viewer",
                                      description="Show a live shmpiped stream (read-only).")
     parser.add_argument("stream")

@@ -29,6 +29,11 @@ record's ``REC_INPUT_COPY`` word tells the manager.
 A worker that fails writes its traceback into its telemetry record, sets its
 state to failed and exits 1.  It exits by itself (status 0) when the manager
 asks it to stop, and when the process that started it has gone.
+
+Its stdout and stderr are the manager's, or, when the manager relays them as
+log records (``shmpiped.worker_output``), pipes: its stdout is then
+line-buffered and its failure report on stderr is one framed line, so that it
+is one record with the traceback inside.  Nothing per frame is written.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from . import spawning
+from . import spawning, worker_output
 from .shm import device, layout
 from .shm.stream import HostStreamOnDevice, Stream
 from .shm.telemetry import NamespaceBlock
@@ -432,13 +437,24 @@ def _claim_record(block_name: str, index: int, spawn_token: int):
 
 
 def _report_failure(record, kernel_name: str, exc: BaseException) -> int:
-    """Write the traceback where the manager reads it (and to stderr); the exit status of a failure."""
+    """Write the traceback where the manager reads it (and to stderr); the exit status of a failure.
+
+    When the manager relays this worker's output as log records, the report on
+    stderr is one framed line, so that it is one record with the traceback inside.
+    """
     text = "".join(traceback.format_exception(exc))
     if record is not None:
         record.write_error(f"{type(exc).__name__}: {exc}\n{text}")
         record.set_state(layout.WS_FAILED)
-    sys.stderr.write(f"shmpiped worker {kernel_name!r} failed:\n{text}")
-    sys.stderr.flush()
+    summary = f"shmpiped worker {kernel_name!r} (pid {os.getpid()}) failed: {type(exc).__name__}: {exc}"
+    try:
+        if os.environ.get(worker_output.RELAY_VARIABLE):
+            sys.stderr.write(worker_output.format_event_line("ERROR", summary, text.rstrip("\n")))
+        else:
+            sys.stderr.write(f"shmpiped worker {kernel_name!r} failed:\n{text}")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # no stderr left (the manager is gone): the record holds the report
     return EXIT_FAILED
 
 
@@ -485,6 +501,8 @@ def _load_spec(envelope: dict) -> WorkerSpec:
 
 def main() -> int:
     """Entry point of a worker process (started by ``shmpiped.spawning``)."""
+    if os.environ.get(worker_output.RELAY_VARIABLE):
+        sys.stdout.reconfigure(line_buffering=True)  # a pipe to the manager's relay: a print is a line at once
     envelope = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
     try:

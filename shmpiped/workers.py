@@ -16,7 +16,7 @@ import subprocess
 import time
 from typing import Callable
 
-from . import spawning
+from . import spawning, worker_output
 from .config import KernelConfig
 from .errors import WorkerProcessError
 from .kernels.linear import BLAS_THREAD_VARIABLES, blas_threads
@@ -102,8 +102,11 @@ class WorkerPool:
                           spawn_token=handle.spawn_token, cpu_slot=cpu_slot, parent_pid=os.getpid(),
                           **spec_fields)
         threads = str(blas_threads(kernel))
-        process = spawning.start_child("shmpiped.worker:main", kernel.name, stdin=subprocess.PIPE,
-                                       close_fds=True, env=dict.fromkeys(BLAS_THREAD_VARIABLES, threads))
+        output, output_env = worker_output.relay.spawn_options()  # pipes to the log relay, or inherited
+        process = spawning.start_child("shmpiped.worker:main", kernel.name, stdin=subprocess.PIPE, close_fds=True,
+                                       env={**dict.fromkeys(BLAS_THREAD_VARIABLES, threads), **output_env},
+                                       **output)
+        worker_output.relay.follow(process, kernel.name)
         try:
             process.stdin.write(encode_spec(spec))
             process.stdin.close()

@@ -26,7 +26,7 @@ from shmpiped.service.control_socket import (
     send_command,
 )
 
-from .conftest import run_python
+from .conftest import run_python, wait_for
 
 STATUS = {
     "state": "running",
@@ -224,24 +224,47 @@ def test_incomplete_request_times_out_with_an_error(tmp_path, handler):
             assert idle.recv(4096) == b""               # an idle connection is closed silently
 
 
-def test_connections_beyond_the_limit_are_refused_with_an_answer(tmp_path, handler):
+def test_connections_beyond_the_limit_all_running_commands_are_refused_with_an_answer(tmp_path, handler):
     with ControlServer(str(tmp_path / "c.sock"), handler, max_connections=2) as srv:
-        held = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+        busy = [threading.Thread(target=send_command, args=(srv.path, "sleep"), kwargs={"seconds": 1.0})
+                for _ in range(2)]
+        for thread in busy:
+            thread.start()
+        wait_for(lambda: sum(c.busy for c in list(srv._connections.values())) == 2)
+        with pytest.raises(ControlError, match="too many control connections"):
+            send_command(srv.path, "echo")
+        for thread in busy:
+            thread.join()
+        assert "_peer" in send_command(srv.path, "echo")
+
+
+def test_idle_connections_cannot_lock_control_out(tmp_path, handler):
+    """Every slot held by a silent client: a new command takes the slot of the one idle longest."""
+    with ControlServer(str(tmp_path / "c.sock"), handler, max_connections=3, read_timeout=30) as srv:
+        held = []
         try:
-            for sock in held:
+            for _ in range(3):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(5)
                 sock.connect(srv.path)
-            deadline = time.monotonic() + 5
-            while len(srv._connections) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            with pytest.raises(ControlError, match="too many control connections"):
-                send_command(srv.path, "echo")
+                held.append(sock)
+                count = len(held)
+                wait_for(lambda count=count: len(srv._connections) == count)
+            assert send_command(srv.path, "pause", timeout=5) == {"state": "paused"}
+            assert held[0].recv(10) == b""               # the oldest idle connection was closed for it
+            assert srv.evicted_total == 1
+            wait_for(lambda: len(srv._connections) == 2)  # the pause client left: one slot is free
+            late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            late.connect(srv.path)
+            held.append(late)
+            wait_for(lambda: len(srv._connections) == 3)
+            assert send_command(srv.path, "stop", timeout=5) == {"state": "running"}
+            assert held[1].recv(10) == b"" and srv.evicted_total == 2
+            held[2].sendall(b'{"command": "echo", "still": "here"}\n')   # the newest one is still served
+            assert json.loads(held[2].recv(65536))["result"]["still"] == "here"
         finally:
             for sock in held:
                 sock.close()
-        deadline = time.monotonic() + 5
-        while srv._connections and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert "_peer" in send_command(srv.path, "echo")
 
 
 def test_client_times_out_on_a_silent_daemon(tmp_path):

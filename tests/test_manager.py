@@ -477,8 +477,11 @@ def test_sigkilled_owner_leaves_no_worker_and_its_segments_are_recovered(namespa
 
 
 def test_ctrl_c_of_the_owner_leaves_nothing(namespace):
-    owner = spawn_python(OWNER_SCRIPT.replace("time.sleep(60)", "m.shutdown() if False else time.sleep(60)"),
-                         namespace)
+    # A script that stops on Ctrl-C whatever started it (a test run under `nohup` or `&` hands its
+    # children SIGINT "ignored", which Python keeps, and the library leaves the script's signals alone).
+    script = OWNER_SCRIPT.replace("import sys, time", "import signal, sys, time\n"
+                                 "signal.signal(signal.SIGINT, signal.default_int_handler)")
+    owner = spawn_python(script.replace("time.sleep(60)", "m.shutdown() if False else time.sleep(60)"), namespace)
     worker_pid = int(owner.stdout.readline())
     owner.send_signal(signal.SIGINT)
     owner.wait(timeout=20)

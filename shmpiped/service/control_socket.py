@@ -1,32 +1,31 @@
-"""The control socket: a local Unix-domain server, its client, and ``shmpiped ctl``.
+"""The control socket's server: a local Unix-domain server for the daemon's control commands.
 
 Everything that changes a running pipeline goes through here, and only over a
 Unix-domain stream socket (never TCP): who may control the daemon is decided by
 the socket file's mode (0660: the daemon's user and group) and each request
 carries the peer's credentials (``SO_PEERCRED``) so the daemon can log who
-asked.
+asked.  The protocol (one JSON object per line each way; a connection may
+carry several requests, answered in order) is ``control_protocol``'s; the
+client and ``shmpiped ctl`` are ``control_client``'s, and their names are
+importable from here too.
 
-Protocol: one JSON object per line (UTF-8, ``\\n``-terminated) in each
-direction; a connection may carry several requests, answered in order.
-
-    request   {"command": "status" | "pause" | "resume" | "restart" | "stop"
-                          | "reload" | "synthetic", ...arguments}
-              restart:   {"worker": NAME or null}
-              synthetic: {"action": "start", "stream": S, "pattern": P, "rate_hz": R or null}
-                         {"action": "stop", "stream": S}
-    response  {"ok": true, "result": ...}  or  {"ok": false, "error": "message"}
-
-The server only frames: it checks that a request is a JSON object with a string
-``command``, adds ``request["_peer"] = {"pid", "uid", "gid"}`` (overwriting
-anything the client sent under that key), and calls the handler in the
-connection's own thread.  The handler returns the ``result`` (anything JSON
-can encode) or raises; the exception's message becomes the ``error``.  Which
-commands exist is the handler's business.
+The server frames and checks: a request must be a JSON object with a string
+``command``, and the arguments of the commands above must have the types shown
+(``check_request``; a wrong one is answered with a message that shows what to
+send, and the handler never sees it).  It writes one audit line per command
+(``audit_line``: the command, its arguments, the peer), adds
+``request["_peer"] = {"pid", "uid", "gid"}`` (overwriting anything the client
+sent under that key), and calls the handler in the connection's own thread.
+The handler returns the ``result`` (anything JSON can encode) or raises; the
+exception's message becomes the ``error``.  Commands not listed above are the
+handler's business.
 
 Bounds: a request line is at most 64 KiB, a request must arrive within the
 read timeout (5 s) and an idle connection is closed after it, at most 32
 connections are served at once; a slow or silent client ties up only its own
-thread.
+thread.  Idle clients never lock an operator out: when every slot is taken, a
+new connection takes the slot of the connection that has been waiting longest
+for a request (closing it); it is refused only when all 32 are running commands.
 """
 
 from __future__ import annotations
@@ -43,78 +42,65 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..errors import ShmPipelineError
+from .control_client import (  # noqa: F401 - the client's names, where they have always been imported from
+    CTL_USAGE,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    ctl_main,
+    format_status,
+    parse_ctl_words,
+    send_command,
+)
+from .control_protocol import (  # noqa: F401 - re-exported likewise
+    COMMAND_ARGUMENTS,
+    DEFAULT_RUNTIME_DIR,
+    MAX_CONNECTIONS,
+    MAX_REQUEST_BYTES,
+    MAX_RESPONSE_BYTES,
+    READ_TIMEOUT_S,
+    REQUEST_FORMS,
+    ControlError,
+    ControlUnavailable,
+    audit_line,
+    check_request,
+    default_socket_path,
+    encode,
+    error,
+    error_text,
+)
 
 log = logging.getLogger("shmpiped.control")
 
 __all__ = [
+    "COMMAND_ARGUMENTS",
     "ControlError",
     "ControlServer",
     "ControlUnavailable",
+    "audit_line",
+    "check_request",
     "ctl_main",
     "default_socket_path",
     "format_status",
     "send_command",
 ]
 
-MAX_REQUEST_BYTES = 64 * 1024
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024    # what the client accepts (a status snapshot is large)
-READ_TIMEOUT_S = 5.0
-MAX_CONNECTIONS = 32
-DEFAULT_RUNTIME_DIR = "/run/shmpiped"
 _SUN_PATH_MAX = 107                      # sizeof(sockaddr_un.sun_path) - 1 on Linux
 _UCRED = struct.Struct("3i")             # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
-
-EXIT_OK = 0
-EXIT_ERROR = 1              # the daemon answered ok=false
-EXIT_USAGE = 64             # EX_USAGE: bad words on the command line
-EXIT_UNAVAILABLE = 69       # EX_UNAVAILABLE: no daemon answering on the socket
-
-
-class ControlError(ShmPipelineError):
-    """The daemon answered, and refused or failed the command (``ok: false``)."""
-
-
-class ControlUnavailable(ShmPipelineError, ConnectionError):
-    """No daemon answers on the control socket (missing, refused, denied, silent)."""
-
-
-def default_socket_path(namespace: str | None = None) -> str:
-    """Where a namespace's control socket lives, the first that applies:
-
-    ``$RUNTIME_DIRECTORY/<namespace>.sock`` (systemd's ``RuntimeDirectory=``;
-    of a colon-separated list the first), ``/run/shmpiped/<namespace>.sock``
-    when this user may create it (root, or the directory exists and is
-    writable), else ``$XDG_RUNTIME_DIR/shmpiped/<namespace>.sock`` (a desktop
-    session), else ``/tmp/shmpiped-<uid>/<namespace>.sock``.  The daemon and
-    ``shmpiped ctl`` run by the same user agree on it.
-    """
-    namespace = namespace or "default"
-    if "/" in namespace or "\0" in namespace:
-        raise ValueError(f"namespace {namespace!r} cannot name a socket file")
-    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    if runtime:
-        return os.path.join(runtime, f"{namespace}.sock")
-    if _may_create_in(DEFAULT_RUNTIME_DIR):
-        return os.path.join(DEFAULT_RUNTIME_DIR, f"{namespace}.sock")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
-        return os.path.join(xdg, "shmpiped", f"{namespace}.sock")
-    return os.path.join(f"/tmp/shmpiped-{os.getuid()}", f"{namespace}.sock")
-
-
-def _may_create_in(directory: str) -> bool:
-    if os.path.isdir(directory):
-        return os.access(directory, os.W_OK | os.X_OK)
-    parent = os.path.dirname(directory)
-    return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
-
-
-# --------------------------------------------------------------------------- server
 
 
 class _RequestTooLarge(Exception):
     pass
+
+
+class _Connection:
+    """One served connection: its thread, and whether it is running a command or waiting for one."""
+
+    def __init__(self, thread: threading.Thread):
+        self.thread = thread
+        self.busy = False                      # a request is being run and answered
+        self.waiting_since = time.monotonic()  # when it started waiting for its next request
 
 
 class _LineReader:
@@ -155,22 +141,6 @@ def peer_credentials(conn: socket.socket) -> dict:
     return {"pid": pid, "uid": uid, "gid": gid}
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):        # numpy arrays and scalars
-        return value.tolist()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
-
-
-def _encode(response: dict) -> bytes:
-    return (json.dumps(response, default=_jsonable) + "\n").encode("utf-8")
-
-
-def _error(message: str) -> dict:
-    return {"ok": False, "error": message}
-
-
 class ControlServer:
     """Serves JSON-lines requests on a Unix-domain stream socket in background threads.
 
@@ -196,7 +166,9 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._connections: dict[socket.socket, _Connection] = {}
+        #: Connections closed to make room for a newer one (their slot was taken).
+        self.evicted_total = 0
         self._closed = False
 
     @property
@@ -282,9 +254,9 @@ class ControlServer:
                 conn.shutdown(socket.SHUT_RD)     # wakes a blocked read; an answer in flight still goes out
             except OSError:
                 pass
-        for thread in connections.values():
-            if thread is not current:
-                thread.join(max(0.0, deadline - time.monotonic()))
+        for connection in connections.values():
+            if connection.thread is not current:
+                connection.thread.join(max(0.0, deadline - time.monotonic()))
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -325,16 +297,32 @@ class ControlServer:
                     self._admit(conn)
 
     def _admit(self, conn: socket.socket) -> None:
+        """Serve ``conn`` in its own thread; when every slot is taken, take the slot of the connection
+        that has waited longest for a request, and refuse only when every connection runs a command."""
+        evicted = None
         with self._lock:
+            if len(self._connections) >= self.max_connections:
+                idle = [(c.waiting_since, other) for other, c in self._connections.items() if not c.busy]
+                if idle:
+                    evicted = min(idle, key=lambda item: item[0])[1]
+                    del self._connections[evicted]
+                    self.evicted_total += 1
             full = len(self._connections) >= self.max_connections
             if not full:
                 thread = threading.Thread(target=self._serve, args=(conn,), daemon=True,
                                           name="shmpiped-control-conn")
-                self._connections[conn] = thread
+                self._connections[conn] = _Connection(thread)
+        if evicted is not None:
+            log.debug("control socket: %d connections, closing the one idle longest for a new one",
+                      self.max_connections)
+            try:
+                evicted.shutdown(socket.SHUT_RDWR)   # its thread sees the end and closes it
+            except OSError:
+                pass
         if full:
             conn.setblocking(False)
             try:                         # a fresh socket's buffer takes one short line without blocking
-                conn.send(_encode(_error(f"too many control connections (limit {self.max_connections})")))
+                conn.send(encode(error(f"too many control connections (limit {self.max_connections})")))
             except OSError:
                 pass
             conn.close()
@@ -353,45 +341,73 @@ class ControlServer:
                 try:
                     line = reader.readline(time.monotonic() + self.read_timeout)
                 except _RequestTooLarge:
-                    self._send(conn, _error(f"request line exceeds {self.max_request_bytes} bytes"))
+                    self._send(conn, error(f"request line exceeds {self.max_request_bytes} bytes"))
                     return
                 except TimeoutError:
                     if reader.buffer:
-                        self._send(conn, _error(f"request not completed within {self.read_timeout:g} s"))
+                        self._send(conn, error(f"request not completed within {self.read_timeout:g} s"))
                     return
                 except OSError:
                     return
                 if line is None:
                     return
-                if not self._send(conn, self._respond(line, peer)):
-                    return
+                if not self._claim(conn):
+                    return                   # its slot went to a newer connection meanwhile
+                try:
+                    if not self._send(conn, self._respond(line, peer)):
+                        return
+                finally:
+                    self._release(conn)
         finally:
             with self._lock:
-                self._connections.pop(conn, None)
+                if conn in self._connections and self._connections[conn].thread is threading.current_thread():
+                    del self._connections[conn]
             conn.close()
+
+    def _claim(self, conn: socket.socket) -> bool:
+        """Mark ``conn`` busy (not evictable); False when it was evicted already."""
+        with self._lock:
+            connection = self._connections.get(conn)
+            if connection is None:
+                return False
+            connection.busy = True
+            return True
+
+    def _release(self, conn: socket.socket) -> None:
+        with self._lock:
+            connection = self._connections.get(conn)
+            if connection is not None:
+                connection.busy = False
+                connection.waiting_since = time.monotonic()
 
     def _respond(self, line: bytes, peer: dict) -> dict:
         try:
             request = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(f"malformed JSON request: {exc}")
+            return error(f"malformed JSON request: {exc}")
         if not isinstance(request, dict):
-            return _error("a request must be a JSON object")
+            return error("a request must be a JSON object")
         if not isinstance(request.get("command"), str):
-            return _error("a request must have a 'command' string")
+            return error("a request must have a 'command' string")
+        refusal = check_request(request)
+        if request["command"] != "status" or refusal:
+            log.log(logging.WARNING if refusal else logging.INFO, "%s%s", audit_line(request, peer),
+                    f": refused: {refusal}" if refusal else "")
+        if refusal:
+            return error(refusal)
         request["_peer"] = dict(peer)
         try:
             result = self.handler(request)
         except Exception as exc:  # noqa: BLE001 - every failure is the client's answer
             log.debug("control command %r from pid %s failed", request["command"], peer["pid"], exc_info=True)
-            return _error(str(exc) or type(exc).__name__)
+            return error(error_text(exc))
         return {"ok": True, "result": result}
 
     def _send(self, conn: socket.socket, response: dict) -> bool:
         try:
-            data = _encode(response)
+            data = encode(response)
         except (TypeError, ValueError) as exc:
-            data = _encode(_error(f"the answer could not be encoded as JSON: {exc}"))
+            data = encode(error(f"the answer could not be encoded as JSON: {exc}"))
         try:
             conn.settimeout(self.read_timeout)   # a client that never reads loses its answer, not our thread
             conn.sendall(data)
@@ -432,209 +448,3 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
     raise OSError(errno.EADDRINUSE, "another process is listening on this control socket (another "
                   "shmpiped daemon?); stop it or choose another --socket", path)
-
-
-# --------------------------------------------------------------------------- client
-
-
-def send_command(path: str, command: str, timeout: float = 10.0, **args: Any) -> Any:
-    """Send one request and return its ``result``.
-
-    Raises ControlError when the daemon answers ``ok: false`` (or answers
-    nonsense), ControlUnavailable when no daemon answers on ``path``.
-    """
-    path = os.fspath(path)
-    data = (json.dumps({"command": command, **args}, default=_jsonable) + "\n").encode("utf-8")
-    if len(data) > MAX_REQUEST_BYTES:
-        raise ValueError(f"request is {len(data)} bytes, the limit is {MAX_REQUEST_BYTES}")
-    deadline = time.monotonic() + timeout
-    hint = "is the daemon running? pass --socket PATH to use another control socket"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
-            raise ControlUnavailable(f"no shmpiped daemon is listening on {path} ({exc.strerror}); "
-                                     f"{hint}") from None
-        except PermissionError:
-            raise ControlUnavailable(f"permission denied on control socket {path}: run as the daemon's "
-                                     "user or a member of the socket's group") from None
-        except TimeoutError:
-            raise ControlUnavailable(f"the daemon did not accept a connection on {path} within "
-                                     f"{timeout:g} s") from None
-        except OSError as exc:
-            raise ControlUnavailable(f"cannot connect to control socket {path}: "
-                                     f"{exc.strerror or exc}; {hint}") from None
-        reply = bytearray()
-        try:
-            try:
-                sock.sendall(data)
-            except BrokenPipeError:
-                pass  # refused before reading (too many connections): its answer may be waiting to be read
-            while b"\n" not in reply:
-                if len(reply) > MAX_RESPONSE_BYTES:
-                    raise ControlError(f"the answer on {path} exceeds {MAX_RESPONSE_BYTES} bytes")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                reply += chunk
-        except TimeoutError:
-            raise ControlUnavailable(f"no answer from the daemon on {path} within {timeout:g} s") from None
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise ControlUnavailable(f"the daemon on {path} dropped the connection ({exc.strerror})") from None
-    line = bytes(reply).partition(b"\n")[0]
-    if not line:
-        raise ControlUnavailable(f"the daemon on {path} closed the connection without an answer")
-    try:
-        response = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ControlError(f"malformed answer from {path}: {exc}") from None
-    if not isinstance(response, dict) or "ok" not in response:
-        raise ControlError(f"malformed answer from {path}: {line[:200]!r}")
-    if not response["ok"]:
-        raise ControlError(str(response.get("error") or "the daemon refused the command"))
-    return response.get("result")
-
-
-# --------------------------------------------------------------------------- shmpiped ctl
-
-CTL_USAGE = """\
-usage: shmpiped ctl COMMAND
-
-  status [--json]                          state and per-worker health, rate, exec time
-  pause | resume                           pause or resume every worker
-  restart [WORKER]                         restart failed/dead workers, or WORKER
-  reload                                   re-read the pipeline file (as SIGHUP)
-  stop                                     stop the daemon gracefully
-  synthetic start STREAM PATTERN [RATE_HZ] drive STREAM with a synthetic pattern
-  synthetic stop STREAM                    stop that synthetic input
-
-exit status: 0 done, 1 the daemon refused, 64 bad usage, 69 no daemon answering"""
-
-
-class _Usage(Exception):
-    pass
-
-
-def parse_ctl_words(words: list[str]) -> tuple[dict, bool]:
-    """``ctl`` words -> (request without ``_peer``, want raw JSON); raises _Usage."""
-    words = list(words)
-    if not words:
-        raise _Usage("a command is required")
-    command, rest = words[0], words[1:]
-    if command == "status":
-        if rest not in ([], ["--json"]):
-            raise _Usage(f"status takes only --json, got {' '.join(rest)!r}")
-        return {"command": "status"}, bool(rest)
-    if command in ("pause", "resume", "stop", "reload"):
-        if rest:
-            raise _Usage(f"{command} takes no arguments, got {' '.join(rest)!r}")
-        return {"command": command}, False
-    if command == "restart":
-        if len(rest) > 1:
-            raise _Usage("restart takes at most one WORKER")
-        return {"command": "restart", "worker": rest[0] if rest else None}, False
-    if command == "synthetic":
-        action, args = (rest[0], rest[1:]) if rest else (None, [])
-        if action == "start" and len(args) in (2, 3):
-            rate_hz = None
-            if len(args) == 3:
-                try:
-                    rate_hz = float(args[2])
-                except ValueError:
-                    raise _Usage(f"RATE_HZ must be a number, got {args[2]!r}") from None
-                if not rate_hz > 0 or rate_hz == float("inf"):
-                    raise _Usage(f"RATE_HZ must be positive and finite, got {args[2]!r}")
-            return {"command": "synthetic", "action": "start", "stream": args[0],
-                    "pattern": args[1], "rate_hz": rate_hz}, False
-        if action == "stop" and len(args) == 1:
-            return {"command": "synthetic", "action": "stop", "stream": args[0]}, False
-        raise _Usage("synthetic start STREAM PATTERN [RATE_HZ] | synthetic stop STREAM")
-    raise _Usage(f"unknown command {command!r}")
-
-
-def ctl_main(path: str, words: list[str], timeout: float = 10.0) -> tuple[int, str]:
-    """Run ``shmpiped ctl WORDS`` against ``path``: (exit status, text to print)."""
-    if words and words[0] in ("help", "-h", "--help"):
-        return EXIT_OK, CTL_USAGE
-    try:
-        request, raw = parse_ctl_words(words)
-    except _Usage as exc:
-        return EXIT_USAGE, f"error: {exc}\n{CTL_USAGE}"
-    command = request.pop("command")
-    try:
-        result = send_command(path, command, timeout=timeout, **request)
-    except ControlUnavailable as exc:
-        return EXIT_UNAVAILABLE, f"error: {exc}"
-    except ControlError as exc:
-        return EXIT_ERROR, f"error: {command}: {exc}"
-    if command == "status":
-        if raw:
-            return EXIT_OK, json.dumps(result, indent=2, sort_keys=True)
-        return EXIT_OK, format_status(result if isinstance(result, dict) else {})
-    return EXIT_OK, _format_done(command, request, result)
-
-
-def _format_done(command: str, request: dict, result: Any) -> str:
-    what = command
-    if command == "restart" and request.get("worker"):
-        what = f"restart {request['worker']}"
-    elif command == "synthetic":
-        what = f"synthetic {request['action']} {request['stream']}"
-    text = f"{what}: ok"
-    if isinstance(result, dict):
-        if "restarted" in result:
-            restarted = result["restarted"]
-            names = ", ".join(map(str, restarted)) if isinstance(restarted, (list, tuple)) else restarted
-            text += f" (restarted: {names or 'none'})"
-        if result.get("state"):
-            text += f" (state: {result['state']})"
-        if result.get("error"):
-            text += f" ({result['error']})"
-    return text
-
-
-def _number(value: Any, fmt: str) -> str:
-    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
-
-
-def format_status(status: dict) -> str:
-    """A few human lines from a ``status()`` / ``runtime_snapshot()`` dict."""
-    lines = [f"state: {status.get('state', '?')}    namespace: {status.get('namespace') or 'default'}"]
-    summary = status.get("summary") or {}
-    if summary:
-        lines.append(
-            "workers: {t} total, {a} active, {i} idle, {w} waiting, {p} paused, {f} failed, {s} stopped".format(
-                t=summary.get("workers_total", 0), a=summary.get("active_workers", 0),
-                i=summary.get("idle_workers", 0), w=summary.get("waiting_workers", 0),
-                p=summary.get("paused_workers", 0), f=summary.get("failed_workers", 0),
-                s=summary.get("stopped_workers", 0)))
-    workers = status.get("workers") or {}
-    if workers:
-        width = max(6, *(len(str(name)) for name in workers))
-        lines.append(f"{'WORKER':<{width}}  {'HEALTH':<13} {'RATE_HZ':>9} {'AVG_EXEC_US':>11} "
-                     f"{'P99_EXEC_US':>11} {'RESTARTS':>8} {'PID':>8}")
-        for name, w in workers.items():
-            w = w or {}
-            lines.append(f"{name:<{width}}  {str(w.get('health', '?')):<13} "
-                         f"{_number(w.get('throughput_hz'), '.1f'):>9} "
-                         f"{_number(w.get('avg_exec_us'), '.1f'):>11} "
-                         f"{_number(w.get('p99_exec_us'), '.1f'):>11} "
-                         f"{_number(w.get('restarts'), 'd'):>8} {_number(w.get('pid'), 'd'):>8}")
-    for stream, s in (status.get("synthetic_sources") or {}).items():
-        s = s or {}
-        lines.append(f"synthetic: {stream} ({s.get('pattern', '?')}, "
-                     f"{_number(s.get('rate_hz'), 'g')} Hz requested, "
-                     f"{_number(s.get('effective_rate_hz'), '.1f')} Hz effective)")
-    failures = status.get("failures") or []
-    if failures:
-        lines.append(f"failures ({len(failures)}):")
-        for f in failures[-5:]:
-            f = f or {}
-            who = f.get("kernel") or f.get("name") or f.get("component_type") or "?"
-            lines.append(f"  {who}: {f.get('error') or 'failed'}")
-    return "\n".join(lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -86,6 +87,21 @@ class _Server(ThreadingHTTPServer):
     def process_request_thread(self, request, client_address):
         _lower_this_thread_priority(self.service_cpus)
         super().process_request_thread(request, client_address)
+
+    def handle_error(self, request, client_address):
+        """A request that raised: one log record, never socketserver's traceback on stderr.
+
+        A client that resets or drops its connection (a scraper timing out, a
+        port scan) is routine: one short line at DEBUG.  Anything else is a bug
+        here: one ERROR record with the traceback inside.
+        """
+        exc = sys.exc_info()[1]
+        client = client_address[0] if isinstance(client_address, tuple) and client_address else client_address
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("HTTP client %s dropped the connection: %s", client,
+                      getattr(exc, "strerror", None) or type(exc).__name__)
+        else:
+            log.error("HTTP request from %s failed: %s: %s", client, type(exc).__name__, exc, exc_info=True)
 
     def __init__(self, address, handler, get_published, liveness_s):
         self.service_cpus: set[int] | None = None
