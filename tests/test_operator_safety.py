@@ -82,6 +82,8 @@ def test_idle_clients_cannot_lock_ctl_stop_out(copy_daemon, namespace):
      "synthetic start: 'rate_hz' must be a positive finite number or null, got the string 'fast'"),
     ({"command": "synthetic", "action": "start", "stream": "input", "rate_hz": True},
      "'rate_hz' must be a positive finite number or null, got a boolean"),
+    ({"command": "synthetic", "action": "start", "stream": "input", "pattern": None},
+     "synthetic start: 'pattern' must be a non-empty string, got null"),
     ({"command": "pause", "now": True}, "pause takes no arguments, got 'now'; send {\"command\": \"pause\"}"),
 ])
 def test_control_errors_say_what_to_send(tmp_path, request_fields, answer):

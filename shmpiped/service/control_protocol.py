@@ -95,7 +95,7 @@ REQUEST_FORMS = {
     "reload": '{"command": "reload"}',
     "restart": '{"command": "restart", "worker": "NAME"} (or "worker": null for every failed worker)',
     "synthetic start": ('{"command": "synthetic", "action": "start", "stream": "STREAM", "pattern": "PATTERN", '
-                        '"rate_hz": HZ} (rate_hz may be null or left out)'),
+                        '"rate_hz": HZ} (pattern and rate_hz may be left out; rate_hz may be null)'),
     "synthetic stop": '{"command": "synthetic", "action": "stop", "stream": "STREAM"}',
 }
 
@@ -111,7 +111,7 @@ COMMAND_ARGUMENTS: dict[str, dict[str, str]] = {
     "stop": {},
     "reload": {},
     "restart": {"worker": _OPTIONAL_NAME},
-    "synthetic start": {"action": _NAME, "stream": _NAME, "pattern": _OPTIONAL_NAME, "rate_hz": _RATE},
+    "synthetic start": {"action": _NAME, "stream": _NAME, "pattern": _NAME, "rate_hz": _RATE},
     "synthetic stop": {"action": _NAME, "stream": _NAME},
 }
 _REQUIRED = {"synthetic start": ("stream",), "synthetic stop": ("stream",)}
