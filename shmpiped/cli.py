@@ -15,7 +15,7 @@ import threading
 import click
 
 from . import __version__
-from .errors import ConfigValidationError, WorkerProcessError
+from .errors import ConfigValidationError, SystemLimitError, WorkerProcessError
 from .service.daemon import EXIT_CANT_CREATE, EXIT_CONFIG, EXIT_PIPELINE_FAILED, EXIT_UNAVAILABLE
 
 EXIT_OK = 0
@@ -195,8 +195,8 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
     """Run PIPELINE (default: the embedded adaptive-optics demo) as a supervised daemon.
 
     Exit status: 0 stopped on request, 69 HTTP address unavailable, 70 failed beyond its restart budget,
-    73 shared memory could not be created, 75 namespace owned by another live
-    process, 78 invalid configuration.
+    71 out of a system resource (open files, memory, processes), 73 shared memory could not be created,
+    75 namespace owned by another live process, 78 invalid configuration.
     """
     from .service.daemon import Daemon, DaemonSettings
     from .service.supervisor import RestartPolicy
@@ -542,9 +542,11 @@ def bench_pipeline(file: str, duration: float, warmup: float, source: str | None
     except (ConfigValidationError, ValueError, KeyError) as exc:
         click.echo(f"benchmark failed: {exc}", err=True)
         sys.exit(EXIT_CONFIG if isinstance(exc, ConfigValidationError) else EXIT_FAILURE)
-    except (WorkerProcessError, OSError) as exc:
-        click.echo(f"benchmark failed: {exc}", err=True)
-        sys.exit(EXIT_PIPELINE_FAILED if isinstance(exc, WorkerProcessError) else EXIT_FAILURE)
+    except (WorkerProcessError, OSError, MemoryError) as exc:
+        limit = SystemLimitError.of(exc, "benchmark")  # out of file descriptors, memory ...: 71
+        click.echo(f"benchmark failed: {limit or exc}", err=True)
+        sys.exit(limit.exit_status if limit else
+                 EXIT_PIPELINE_FAILED if isinstance(exc, WorkerProcessError) else EXIT_FAILURE)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return

@@ -1,10 +1,12 @@
 """One entry of a pipeline file -> one frozen model object, every field error located.
 
 Owns the field rules of the shmpipeline format (spec section 1): what each
-key of a ``shared_memory``, ``kernels``, ``sources`` or ``sinks`` entry may
-hold, its default, and the message naming the field, the entry and its line
-when it is wrong.  Every error of an entry is reported, not just the first
-(``_Report`` collects them).  ``config_loading`` runs these parsers over a
+key of a ``kernels``, ``sources`` or ``sinks`` entry may hold, its default,
+and the message naming the field, the entry and its line when it is wrong,
+and the machinery every entry is read with (``_Entry``, the field parsers);
+``shared_memory`` entries are ``config_stream_entries``'.  Every error of an
+entry is reported, not just the first (``_Report`` collects them, each cut
+short, at most ``config_limits.MAX_REPORTED_ERRORS``).  ``config_loading`` runs these parsers over a
 whole document, and over one entry for the model's ``from_dict``
 classmethods (``config_loading.entry_from_mapping``).
 """
@@ -20,24 +22,25 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import (
-    INITIAL_KEYS,
     KERNEL_KEYS,
     SINK_KEYS,
     SOURCE_KEYS,
-    STREAM_KEYS,
-    STREAM_MODES,
     SYNCHRONIZATION_KEYS,
     SYNCHRONIZATION_MODES,
     TRIGGER_POLICIES,
     AuxiliaryBinding,
-    InitialValueConfig,
     KernelConfig,
-    SharedMemoryConfig,
     SinkConfig,
     SourceConfig,
     SynchronizationConfig,
     _where,
-    gpu_device_index,
+)
+from .config_limits import (
+    MAX_REPORTED_ERRORS,
+    bounded_message,
+    kernel_name_problem,
+    namespace_problem,
+    short_repr,
 )
 
 # --------------------------------------------------------------------------- field parsers
@@ -52,14 +55,28 @@ _REQUIRED = object()  # default of a field that has none: None goes to the parse
 
 
 class _Report:
-    """Collects located error messages."""
+    """Collects located error messages: each cut to ``MAX_MESSAGE_CHARS``, at most ``MAX_REPORTED_ERRORS``."""
 
     def __init__(self, source_path: str | None) -> None:
         self.source_path = source_path
         self.messages: list[str] = []
+        self.omitted = 0
 
     def __call__(self, message: str, line: int | None = None) -> None:
-        self.messages.append(message + _where(self.source_path, line))
+        self.add_located(bounded_message(message) + _where(self.source_path, line))
+
+    def add_located(self, message: str) -> None:
+        if len(self.messages) < MAX_REPORTED_ERRORS:
+            self.messages.append(message)
+        else:
+            self.omitted += 1
+
+    def errors(self) -> list[str]:
+        """Every message kept, and a last one counting those left out."""
+        if not self.omitted:
+            return list(self.messages)
+        return [*self.messages, f"... and {self.omitted} more errors (the first {MAX_REPORTED_ERRORS} "
+                                f"are listed)" + _where(self.source_path, None)]
 
 
 class _Entry:
@@ -106,9 +123,10 @@ class _Entry:
             return _BAD
 
     def reject_unknown(self, allowed: tuple[str, ...], what: str, quote: bool = True) -> None:
-        unknown = sorted((key for key in self.raw if key not in allowed), key=str)
+        unknown = sorted((key for key in self.raw if key not in allowed), key=short_repr)
         if unknown:
-            listed = ", ".join(repr(key) if quote else str(key) for key in unknown)
+            listed = ", ".join(short_repr(key) if quote or not isinstance(key, str) else short_repr(key)[1:-1]
+                               for key in unknown)
             lines = [self.key_lines[key] for key in unknown if key in self.key_lines]
             self.report(f"{what} contains unsupported fields: {listed}",
                         min(lines) if lines else self.line)
@@ -174,20 +192,36 @@ def _stream_names(what: str) -> Callable[[Any], tuple[str, ...]]:
             raise _Invalid(f"{what} must be a non-empty list of stream names")
         for item in value:
             if not isinstance(item, str) or not item.strip():
-                raise _Invalid(f"{what} must contain only non-empty stream names, got {item!r}")
+                raise _Invalid(f"{what} must contain only non-empty stream names, got {short_repr(item)}")
         return tuple(item.strip() for item in value)
     return parse
 
 
-def plain_data(value: Any) -> Any:
-    """Deep copy of YAML data into plain dicts and lists (picklable, no lines)."""
+def plain_data(value: Any, _copies: dict | None = None) -> Any:
+    """Deep copy of YAML data into plain dicts and lists (picklable, no lines).
+
+    A collection met twice (a YAML alias) is copied once and shared, as the
+    loaded data shares it: the copy costs what the file holds, not what its
+    aliases expand to.
+    """
+    if not isinstance(value, (Mapping, list, tuple)):
+        return copy.deepcopy(value)
+    copies = {} if _copies is None else _copies
+    done = copies.get(id(value))
+    if done is not None:
+        return done[1]
     if isinstance(value, Mapping):
-        return {key: plain_data(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain_data(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(plain_data(item) for item in value)
-    return copy.deepcopy(value)
+        copied: Any = {}
+        copies[id(value)] = (value, copied)
+        copied.update((key, plain_data(item, copies)) for key, item in value.items())
+    elif isinstance(value, list):
+        copied = []
+        copies[id(value)] = (value, copied)
+        copied.extend(plain_data(item, copies) for item in value)
+    else:
+        copied = tuple(plain_data(item, copies) for item in value)
+        copies[id(value)] = (value, copied)
+    return copied
 
 
 def _parameters(owner: str) -> Callable[[Any], dict]:
@@ -213,9 +247,9 @@ def _auxiliary(owner: str) -> Callable[[Any], tuple[AuxiliaryBinding, ...]]:
         bindings = []
         for alias, name in pairs:
             if not isinstance(name, str) or not name.strip():
-                raise _Invalid(f"{what} must name streams with non-empty strings, got {name!r}")
+                raise _Invalid(f"{what} must name streams with non-empty strings, got {short_repr(name)}")
             if not isinstance(alias, str) or not alias.strip():
-                raise _Invalid(f"{what} aliases must be non-empty strings, got {alias!r}")
+                raise _Invalid(f"{what} aliases must be non-empty strings, got {short_repr(alias)}")
             bindings.append(AuxiliaryBinding(alias.strip(), name.strip()))
         return tuple(bindings)
     return parse
@@ -232,170 +266,6 @@ def _check_auxiliary_repeats(entry: _Entry, owner: str, auxiliary: Any) -> None:
         entry.fail(f"{owner} cannot reuse the same auxiliary stream more than once", "auxiliary")
     elif _repeats(tuple(b.alias for b in auxiliary)):
         entry.fail(f"{owner} cannot reuse the same auxiliary alias more than once", "auxiliary")
-
-
-# -- shared_memory entries ---------------------------------------------------------------
-
-
-def _stream_name(value: Any) -> str:
-    name = _text("shared memory name")(value)
-    if any(char in name for char in "/\\\0"):
-        raise _Invalid(
-            f"shared memory name {name!r} must not contain path separators or null bytes"
-        )
-    return name
-
-
-def _shape(name: str) -> Callable[[Any], tuple[int, ...]]:
-    def parse(value: Any) -> tuple[int, ...]:
-        if value is None:
-            raise _Invalid(f"shared memory {name!r} must declare a shape")
-        if not isinstance(value, (list, tuple)):
-            raise _Invalid(f"shape for {name!r} must be a list of positive integers, got {value!r}")
-        if not value:
-            raise _Invalid(f"shape for {name!r} must contain at least one dimension")
-        for dim in value:
-            if not _is_integer(dim):
-                raise _Invalid(f"shape for {name!r} dimensions must be integers, got {dim!r}")
-        if any(dim <= 0 for dim in value):
-            raise _Invalid(f"shape for {name!r} dimensions must be positive")
-        return tuple(int(dim) for dim in value)
-    return parse
-
-
-def _dtype(name: str, storage: Any) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        if value is None:
-            raise _Invalid(f"shared memory {name!r} must declare a dtype")
-        try:
-            dtype = np.dtype(value)
-        except Exception as exc:  # noqa: BLE001 - numpy raises TypeError, ValueError, ...
-            raise _Invalid(f"invalid dtype for shared memory {name!r}: {value!r}") from exc
-        if dtype.kind not in "biufc":
-            if storage == "gpu":
-                raise _Invalid(f"unsupported GPU dtype {str(dtype)!r} for shared memory {name!r}")
-            raise _Invalid(f"dtype for shared memory {name!r} must be a numeric or bool dtype")
-        if not dtype.isnative:
-            raise _Invalid(f"dtype for shared memory {name!r} must use native byte order")
-        return dtype.name
-    return parse
-
-
-def _initial(entry: _Entry, name: str, shape: Any, dtype: Any) -> Any:
-    raw = entry.raw.get("initial")
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        entry.fail(f"initial value for shared memory {name!r} must be a mapping", "initial")
-        return _BAD
-    sub = _Entry(raw, entry.report, parent=entry, line=entry.line_of("initial"))
-    pattern = sub.get("pattern", _choice(
-        tuple(INITIAL_KEYS),
-        f"initial pattern for shared memory {name!r} must be 'constant', 'normal', "
-        "'values', or 'identity'",
-    ), _REQUIRED)
-    if pattern is _BAD:
-        return _BAD
-    sub.reject_unknown(INITIAL_KEYS[pattern], f"initial value for shared memory {name!r}",
-                       quote=False)
-    def what(key: str) -> str:
-        return f"initial {key} for shared memory {name!r}"
-
-    fields: dict[str, Any] = {}
-    if pattern == "constant":
-        if not _is_real(raw.get("value")):
-            sub.fail(f"initial value for shared memory {name!r} requires a numeric 'value'",
-                     "value" if "value" in raw else None)
-        else:
-            value = raw["value"]
-            fields["value"] = int(value) if _is_integer(value) else float(value)
-    elif pattern == "normal":
-        fields["seed"] = sub.get("seed", _seed(what("seed")), 0)
-        fields["mean"] = sub.get("mean", _number(what("mean"), finite=False), 0.0)
-        fields["std"] = sub.get("std", _number(what("std"), non_negative=True), 1.0)
-        if dtype is not _BAD and np.dtype(dtype).kind != "f":
-            sub.fail(f"normal initializer for {name!r} requires a floating-point dtype")
-    elif pattern == "values":
-        if "values" not in raw:
-            sub.fail(f"initial value for shared memory {name!r} requires a 'values' key")
-        else:
-            fields["values"] = plain_data(raw["values"])
-            if shape is not _BAD and dtype is not _BAD:
-                _check_values(sub, name, fields["values"], shape, dtype)
-    else:
-        fields["scale"] = sub.get("scale", _number(what("scale"), finite=False), 1.0)
-        if shape is not _BAD and len(shape) != 2:
-            sub.fail(f"identity initializer for shared memory {name!r} requires a 2D shape, "
-                     f"got {shape}")
-    if not sub.ok:
-        return _BAD
-    return InitialValueConfig(pattern=pattern, **fields)
-
-
-def _seed(what: str) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        if not _is_integer(value) or value < 0:
-            raise _Invalid(f"{what} must be a non-negative integer")
-        return int(value)
-    return parse
-
-
-def _check_values(entry: _Entry, name: str, values: Any, shape: tuple, dtype: str) -> None:
-    try:
-        array = np.asarray(values, dtype=dtype)
-    except (TypeError, ValueError, OverflowError):
-        entry.fail(f"values initializer for {name!r} cannot be converted to {dtype}", "values")
-        return
-    if array.shape != tuple(shape):
-        entry.fail(f"values initializer for {name!r} has shape {array.shape}, expected "
-                   f"{tuple(shape)}", "values")
-
-
-def _gpu_device(name: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = _text(f"gpu_device for shared memory {name!r}")(value)
-        try:
-            gpu_device_index(text)
-        except ValueError:
-            raise _Invalid(f"gpu_device for shared memory {name!r} must be 'cuda' or "
-                           f"'cuda:<index>', got {text!r}") from None
-        return text.lower()
-    return parse
-
-
-# -- entries
-
-
-def _parse_stream(entry: _Entry, namespace: str | None) -> SharedMemoryConfig | None:
-    entry.reject_unknown(STREAM_KEYS, "shared_memory entry")
-    name = entry.get("name", _stream_name, _REQUIRED)
-    if name is _BAD:
-        return None
-    shape = entry.get("shape", _shape(name), _REQUIRED)
-    storage = entry.get("storage", _choice(
-        ("cpu", "gpu"), f"storage must be either 'cpu' or 'gpu', got {entry.raw.get('storage')!r}"
-    ), "cpu")
-    dtype = entry.get("dtype", _dtype(name, storage), _REQUIRED)
-    gpu_device = entry.get("gpu_device", _gpu_device(name))
-    if storage == "gpu" and gpu_device is None:
-        entry.fail(f"GPU shared memory {name!r} requires gpu_device", "storage")
-    elif storage == "cpu" and gpu_device is not None:
-        entry.fail(f"CPU shared memory {name!r} cannot declare gpu_device", "gpu_device")
-    cpu_mirror = entry.get("cpu_mirror", _boolean(f"cpu_mirror for shared memory {name!r}"))
-    notify = entry.get("notify", _boolean(f"notify for shared memory {name!r}"))
-    mode = entry.get("mode", _choice(
-        STREAM_MODES,
-        f"mode for shared memory {name!r} must be one of 'create', 'attach', "
-        "'create_or_attach', or 'replace'",
-    ), "create_or_attach")
-    initial = _initial(entry, name, shape, dtype)
-    if not entry.ok:
-        return None
-    return SharedMemoryConfig(
-        name=name, shape=shape, dtype=dtype, storage=storage, gpu_device=gpu_device,
-        cpu_mirror=cpu_mirror, notify=notify, mode=mode, initial=initial,
-        namespace=namespace, line=entry.line,
-    )
 
 
 # -- kernels, sources, sinks ---------------------------------------------------------------
@@ -450,10 +320,10 @@ def _reject_both(entry: _Entry, label: str, *pairs: tuple[str, str]) -> None:
 def _node_start(entry: _Entry, label: str, keys: tuple[str, ...]) -> tuple[str, str, Any] | None:
     """Reject unknown keys, read name and kind: ``(name, owner, kind)``; None for a bad name."""
     entry.reject_unknown(keys, f"{label} entry")
-    name = entry.get("name", _text(f"{label} name"), _REQUIRED)
+    name = entry.get("name", _node_name(label), _REQUIRED)
     if name is _BAD:
         return None
-    owner = f"{label} {name!r}"
+    owner = f"{label} {short_repr(name)}"
     return name, owner, entry.get("kind", _text(f"kind for {owner}"), _REQUIRED)
 
 
@@ -467,6 +337,19 @@ def _one_or_many(entry: _Entry, single: str, plural: str, owner: str) -> Any:
         entry.fail(f"{owner} must declare {single!r} or {plural!r}")
         return _BAD
     return names
+
+
+def _node_name(label: str) -> Callable[[Any], str]:
+    """A kernel, source or sink name: no NUL (it names processes and records); kernels' fit a record."""
+    def parse(value: Any) -> str:
+        name = _text(f"{label} name")(value)
+        if "\0" in name:
+            raise _Invalid(f"{label} name {short_repr(name)} must not contain NUL characters")
+        problem = kernel_name_problem(name) if label == "kernel" else None
+        if problem:
+            raise _Invalid(problem)
+        return name
+    return parse
 
 
 def _key_used(entry: _Entry, single: str, plural: str) -> str:
@@ -588,4 +471,7 @@ def _namespace(value: Any) -> str:
         raise _Invalid(
             "pipeline config field 'namespace' must not contain path separators or null bytes"
         )
+    problem = namespace_problem(namespace)
+    if problem:
+        raise _Invalid(problem)
     return namespace

@@ -5,14 +5,17 @@ Owns reading a pipeline file (``read_config_text``), parsing YAML
 sequence and key, reports duplicate keys, reads ``1e-5`` as a number and
 keeps timestamps as strings), and building a whole pipeline from the parsed
 document (``load_pipeline_file``, ``pipeline_from_mapping``): each entry through
-``config_entries``, then the checks across entries (unique names, references
-to undefined streams, ``base_path``).  Every error is collected and located
-by file and line; one ``ConfigValidationError`` carries them all.
+``config_entries`` and ``config_stream_entries``, then the checks across
+entries (unique names, references to undefined streams, ``base_path``, the
+number of kernels).  Every error is collected and located by file and line;
+one ``ConfigValidationError`` carries them all.
 
 ``PipelineConfig.from_yaml``/``from_dict`` and the entries' ``from_dict``
 (through ``entry_from_mapping`` ...) delegate here, and so does every other
-reader of pipeline YAML (``document``), so limits on what a file may cost to
-load belong here and nowhere else.
+reader of pipeline YAML (``document``), so the limits on what a file may cost
+to load (``config_limits``: bytes read, values once aliases are expanded,
+aliases, nesting, integer digits, characters YAML forbids) are enforced here
+and nowhere else, each as a located error, before the work they bound.
 """
 
 from __future__ import annotations
@@ -25,20 +28,20 @@ from typing import Any, Callable
 
 import yaml
 
+from . import config_limits as limits
 from .config import TOP_LEVEL_KEYS, InitialValueConfig, PipelineConfig, SynchronizationConfig, _where
 from .config_entries import (
     _BAD,
     _Entry,
-    _initial,
     _Invalid,
     _namespace,
     _parse_kernel,
     _parse_sink,
     _parse_source,
-    _parse_stream,
     _Report,
     _synchronization,
 )
+from .config_stream_entries import _initial, _parse_stream
 from .errors import ConfigValidationError
 
 __all__ = [
@@ -73,19 +76,73 @@ _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_INT_TAG = "tag:yaml.org,2002:int"
 # YAML 1.1 wants a dot in a float; people write 1e-5 and mean a number.
 _EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A safe loader recording lines, duplicate keys, and reading 1e-5 as a float.
+class _LineLoader(yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """A safe loader recording lines and duplicate keys, reading 1e-5 as a float, within limits.
 
     Timestamps stay strings, so that every loaded value is JSON-serialisable.
+    Composing a document stops at the first node over a limit of
+    ``config_limits`` (nesting, aliases, nodes once aliases are expanded, a
+    recursive alias), so no file costs more than those limits allow.  The
+    events come from PyYAML's parser (``_PyYAMLLoader``) or libyaml's
+    (``_LibYAMLLoader``, several times faster); the nodes are composed here.
     """
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+    def __init__(self) -> None:
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
         self.duplicate_keys: list[tuple[Any, int]] = []
+        self.depth = 0
+        self.nodes = 0  # nodes composed so far, aliases counted as what they expand to
+        self.aliases = 0
+        self.anchored_sizes: dict[int, int] = {}  # id(anchored node) -> its expanded size
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                self._count_alias(event, node)
+            return super().compose_node(parent, index)
+        self.depth += 1
+        if self.depth > limits.MAX_NESTING_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"the document nests deeper than {limits.MAX_NESTING_DEPTH} levels",
+                event.start_mark)
+        before = self.nodes
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        self._count(1, event)
+        if event.anchor is not None:
+            self.anchored_sizes[id(node)] = self.nodes - before
+        return node
+
+    def _count_alias(self, event, node) -> None:
+        size = self.anchored_sizes.get(id(node))
+        if size is None:  # its collection is still being composed
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{limits.short_repr(event.anchor)[1:-1]} refers to a collection "
+                "that contains it (a recursive alias)", event.start_mark)
+        self.aliases += 1
+        if self.aliases > limits.MAX_ALIASES:
+            raise yaml.composer.ComposerError(
+                None, None, f"the document uses more than {limits.MAX_ALIASES} aliases", event.start_mark)
+        self._count(size, event)
+
+    def _count(self, nodes: int, event) -> None:
+        self.nodes += nodes
+        if self.nodes > limits.MAX_DOCUMENT_NODES:
+            where = ""
+            if isinstance(event, yaml.AliasEvent):
+                where = f" once its aliases are expanded (at alias *{limits.short_repr(event.anchor)[1:-1]})"
+            raise yaml.composer.ComposerError(
+                None, None, f"the document holds more than {limits.MAX_DOCUMENT_NODES} values{where}",
+                event.start_mark)
 
 
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode):
@@ -132,40 +189,132 @@ _LineLoader.add_constructor(_MAP_TAG, _construct_map)
 _LineLoader.add_constructor(_SEQ_TAG, _construct_seq)
 
 
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int:
+    """An integer of at most ``MAX_INTEGER_DIGITS`` digits (any base: the same magnitude)."""
+    digits = sum(char.isdigit() for char in node.value)
+    if digits <= limits.MAX_INTEGER_DIGITS:
+        value = loader.construct_yaml_int(node)
+        if abs(value) < limits.MAX_INTEGER:
+            return value
+    raise yaml.constructor.ConstructorError(
+        None, None, f"an integer of {digits} digits or more; at most {limits.MAX_INTEGER_DIGITS} are read",
+        node.start_mark)
+
+
+_LineLoader.add_constructor(_INT_TAG, _construct_int)
+
+
+#: Text up to this size that libyaml finds a syntax error in is parsed again by PyYAML (about
+#: 2 s at most), whose messages are the ones shmpipeline users know; a larger file keeps libyaml's.
+_REWORDED_SYNTAX_ERRORS_CHARS = 256 * 1024
+
+
+class _PyYAMLLoader(_LineLoader, yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
+    """``_LineLoader`` over PyYAML's own reader, scanner and parser (its messages say the most)."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        _LineLoader.__init__(self)
+
+
+try:
+    from yaml.cyaml import CParser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    _LibYAMLLoader = None
+else:
+    class _LibYAMLLoader(_LineLoader, CParser):  # type: ignore[no-redef]
+        """``_LineLoader`` over libyaml's parser."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            _LineLoader.__init__(self)
+
+
+def _line_of(text: str | bytes, offset: int) -> int:
+    return text.count("\n" if isinstance(text, str) else b"\n", 0, offset) + 1
+
+
 def read_config_text(path: str | os.PathLike) -> str:
-    """The text of a pipeline file; a ``ConfigValidationError`` naming it when unreadable."""
+    """The text of a pipeline file; a ``ConfigValidationError`` naming it when unreadable.
+
+    At most ``MAX_FILE_BYTES`` are read: a bigger file (or a device that never
+    ends) is refused without reading the rest.
+    """
     source = str(path)
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(limits.MAX_FILE_BYTES + 1)
     except FileNotFoundError as exc:
         raise ConfigValidationError(f"pipeline config file not found: {source}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigValidationError(f"cannot read pipeline config {source}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigValidationError(f"cannot read pipeline config {source}: {exc.strerror or exc}") from exc
+    if len(data) > limits.MAX_FILE_BYTES:
+        raise ConfigValidationError(
+            f"pipeline config is larger than {limits.MAX_FILE_BYTES // (1024 * 1024)} MiB, the most a "
+            f"pipeline file may have: keep large arrays in files of their own" + _where(source, None))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigValidationError(
+            f"cannot read pipeline config {source}: it is not UTF-8 text (byte {exc.start})"
+            + _where(source, _line_of(data, exc.start))) from exc
+
+
+def _character_problem(text: str, source: Any) -> ConfigValidationError | None:
+    """A located error for the first character YAML does not allow (a NUL byte ...), else None."""
+    match = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if match is None:
+        return None
+    char = match.group()
+    what = "a NUL byte" if char == "\0" else f"the control character U+{ord(char):04X}"
+    return ConfigValidationError(
+        f"invalid YAML: the text contains {what}, which YAML does not allow (column "
+        f"{match.start() - text.rfind(chr(10), 0, match.start())})" + _where(source, _line_of(text, match.start())))
 
 
 def parse_yaml(text: str, source: Any = None) -> tuple[Any, list[tuple[Any, int]]]:
     """Parse YAML ``text``: its data (mappings carry lines) and its duplicate keys.
 
-    A syntax error is a ``ConfigValidationError`` naming ``source`` (the file,
-    when there is one) and the line.  Empty text gives None.
+    A syntax error, or text over a limit of ``config_limits`` (size, nesting,
+    aliases, integer digits), is a ``ConfigValidationError`` naming ``source``
+    (the file, when there is one) and the line.  Empty text gives None.
     """
-    loader = _LineLoader(text)
+    if len(text) > limits.MAX_FILE_BYTES:
+        raise ConfigValidationError(f"pipeline config is larger than {limits.MAX_FILE_BYTES} characters"
+                                    + _where(source, None))
+    problem = _character_problem(text, source)
+    if problem is not None:
+        raise problem
     try:
-        data = loader.get_single_data()
+        try:
+            return _load(_LibYAMLLoader or _PyYAMLLoader, text)
+        except (yaml.scanner.ScannerError, yaml.parser.ParserError):
+            if _LibYAMLLoader is None or len(text) > _REWORDED_SYNTAX_ERRORS_CHARS:
+                raise
+        # A syntax error in a small file: PyYAML's parser finds it too, and words it as PyYAML users know.
+        return _load(_PyYAMLLoader, text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "syntax error"
         line = None if mark is None else mark.line + 1
-        message = f"invalid YAML: {problem}"
+        message = f"invalid YAML: {limits.bounded_message(problem)}"
         context_mark = exc.context_mark
         if exc.problem and exc.context and context_mark and context_mark.line + 1 != line:
-            message += f" ({exc.context} at line {context_mark.line + 1})"
+            message += f" ({limits.bounded_message(exc.context)} at line {context_mark.line + 1})"
         raise ConfigValidationError(message + _where(source, line)) from exc
     except yaml.YAMLError as exc:
-        raise ConfigValidationError(f"invalid YAML: {exc}" + _where(source, None)) from exc
+        raise ConfigValidationError(f"invalid YAML: {limits.bounded_message(str(exc))}"
+                                    + _where(source, None)) from exc
+
+
+def _load(loader_class: type, text: str) -> tuple[Any, list[tuple[Any, int]]]:
+    loader = loader_class(text)
+    try:
+        return loader.get_single_data(), loader.duplicate_keys
     finally:
         loader.dispose()
-    return data, loader.duplicate_keys
 
 
 def load_yaml(path: str | os.PathLike) -> tuple[Mapping, list[tuple[Any, int]]]:
@@ -203,7 +352,7 @@ ENTRY_PARSERS: dict[str, tuple[str, Callable[[_Entry], Any]]] = {
 
 def _raise_reported(report: _Report) -> None:
     if report.messages:
-        raise ConfigValidationError(report.messages[0], errors=report.messages)
+        raise ConfigValidationError(report.messages[0], errors=report.errors())
 
 
 def entry_from_mapping(section: str, raw: Any):
@@ -274,6 +423,11 @@ def whole_config_errors_of(config: PipelineConfig) -> list[str]:
             _namespace(config.namespace)
         except _Invalid as exc:
             errors.insert(0, str(exc) + _where(config.source_path, None))
+            return errors
+    for spec in config.shared_memory:  # the file names change with the namespace
+        problem = limits.stream_name_problem(spec.name, config.namespace)
+        if problem:
+            errors.append(config.locate(problem, spec))
     return errors
 
 
@@ -298,7 +452,7 @@ def _build(data: Mapping, base_path: Path, source_path: Path | None,
            duplicate_keys: Any) -> PipelineConfig:
     report = _Report(source_path)
     for key, line in duplicate_keys:
-        report(f"duplicate key {key!r} in the same mapping", line)
+        report(f"duplicate key {limits.short_repr(key)} in the same mapping", line)
     top = _Entry(data, report)
     top.line = None  # a missing top-level key has no line of its own
     unknown = [key for key in data if key not in TOP_LEVEL_KEYS]
@@ -338,13 +492,13 @@ def _build(data: Mapping, base_path: Path, source_path: Path | None,
             ("sinks", "sink", _parse_sink),
         )
     }
-    report.messages.extend(_whole_config_errors(
+    for message in _whole_config_errors(
         streams, parsed["kernels"], parsed["sources"], parsed["sinks"], base_path,
         None if known is None else set(known),
-        lambda message, line: message + _where(source_path, line),
-    ))
-    if report.messages:
-        raise ConfigValidationError(report.messages[0], errors=report.messages)
+        lambda message, line: limits.bounded_message(message) + _where(source_path, line),
+    ):
+        report.add_located(message)
+    _raise_reported(report)
     return PipelineConfig(
         shared_memory=tuple(streams), kernels=tuple(parsed["kernels"]),
         sources=tuple(parsed["sources"]), sinks=tuple(parsed["sinks"]), namespace=namespace,
@@ -359,6 +513,11 @@ def _whole_config_errors(streams, kernels, sources, sinks, base_path: Path,
     errors: list[str] = []
     if not os.path.isabs(str(base_path)):
         errors.append(f"pipeline config base_path must be absolute, got {str(base_path)!r}")
+    if len(kernels) > limits.MAX_KERNELS:
+        errors.append(locate(
+            f"pipeline config defines {len(kernels)} kernels; a pipeline runs at most {limits.MAX_KERNELS} "
+            "(the worker records of its control block): split it into several pipelines",
+            kernels[limits.MAX_KERNELS].line))
     for entries, label in ((streams, "shared memory"), (kernels, "kernel"),
                            (sources, "source"), (sinks, "sink")):
         seen: set[str] = set()

@@ -26,6 +26,8 @@ import subprocess
 import sys
 import types
 
+from .errors import SystemLimitError
+
 #: Environment variable carrying the parent's sys.path to the child (hex of the NUL-joined entries).
 PATH_VARIABLE = "SHMPIPED_PARENT_SYS_PATH"
 
@@ -67,8 +69,18 @@ def child_argv(target: str, *args: str) -> list[str]:
 
 
 def start_child(target: str, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    """Start ``target`` ("module:function") in a fresh interpreter that imports what this one imported."""
-    return subprocess.Popen(child_argv(target, *args), env=child_environment(env), **popen)
+    """Start ``target`` ("module:function") in a fresh interpreter that imports what this one imported.
+
+    Out of file descriptors, memory or processes, it raises ``SystemLimitError`` naming the limit.
+    """
+    try:
+        return subprocess.Popen(child_argv(target, *args), env=child_environment(env), **popen)
+    except (OSError, MemoryError) as exc:
+        limit = SystemLimitError.of(exc, f"starting a process for {target} {' '.join(args)}".rstrip(),
+                                    starting_process=True)
+        if limit is None:
+            raise
+        raise limit from exc
 
 
 # ----------------------------------------------------------------------------- the parent's main module

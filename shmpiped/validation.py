@@ -2,6 +2,8 @@
 
 ``validate_pipeline_config`` returns every error message, in this order:
 
+0. names and shapes the segments cannot hold (``segment_limit_errors``; a
+   loaded file was refused these already, a config built in Python was not);
 1. the graph's multiple-producer errors (``PipelineGraph.validation_errors``);
 2. each kernel, source and sink checked by its class through the registry
    (kind, arity, storage, shapes, dtypes, parameters);
@@ -13,7 +15,9 @@
    that propagate the frame id.
 
 Each message ends with the file and line of the entry at fault
-(``PipelineConfig.locate``). ``raise_for_invalid`` raises them all at once.
+(``PipelineConfig.locate``); a plugin's message is cut to
+``config_limits.MAX_MESSAGE_CHARS`` first.  Checks cost the same for any
+stream size: no check allocates a stream's declared shape. ``raise_for_invalid`` raises them all at once.
 ``validate_pipeline_config`` is importable from ``shmpiped.graph`` too, as
 in shmpipeline.
 """
@@ -22,11 +26,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from shmpiped import config_limits as limits
 from shmpiped.compat import plugin_config_errors
+from shmpiped.config_limits import bounded_message
 from shmpiped.errors import ConfigValidationError
 from shmpiped.graph import PipelineGraph
 
-__all__ = ["validate_pipeline_config", "raise_for_invalid", "gpu_stream_errors", "feedback_path_errors"]
+__all__ = ["validate_pipeline_config", "raise_for_invalid", "gpu_stream_errors", "feedback_path_errors",
+           "segment_limit_errors"]
 
 
 def validate_pipeline_config(config, registry=None) -> list[str]:
@@ -35,7 +42,8 @@ def validate_pipeline_config(config, registry=None) -> list[str]:
         from shmpiped.kernels.registry import default_registry
 
         registry = default_registry()
-    errors = list(PipelineGraph(config).validation_errors())
+    errors = segment_limit_errors(config)
+    errors.extend(PipelineGraph(config).validation_errors())
     streams = config.streams_by_name
     for kernel in config.kernels:
         errors.extend(_plugin_errors(config, kernel, "kernel", lambda e: registry.validate(e, streams)))
@@ -53,6 +61,34 @@ def raise_for_invalid(config, registry=None) -> None:
     errors = validate_pipeline_config(config, registry)
     if errors:
         raise ConfigValidationError(errors=errors)
+
+
+def segment_limit_errors(config) -> list[str]:
+    """Names and shapes the segments cannot hold (``config_limits``).
+
+    A loaded file was refused these already; a ``PipelineConfig`` built in
+    Python meets them here, before its build would fail on them.
+    """
+    errors = []
+    if config.namespace is not None:
+        problem = limits.namespace_problem(config.namespace)
+        if problem:
+            return [config.locate(problem)]
+    for spec in config.shared_memory:
+        problem = (limits.stream_name_problem(spec.name, config.namespace)
+                   or limits.shape_problem(spec.name, tuple(spec.shape), spec.dtype.itemsize))
+        if problem:
+            errors.append(config.locate(problem, spec))
+    for kernel in config.kernels:
+        problem = limits.kernel_name_problem(kernel.name)
+        if "\0" in kernel.name:
+            problem = f"kernel name {limits.short_repr(kernel.name)} must not contain NUL characters"
+        if problem:
+            errors.append(config.locate(problem, kernel))
+    if len(config.kernels) > limits.MAX_KERNELS:
+        errors.append(config.locate(f"pipeline config defines {len(config.kernels)} kernels; a pipeline runs "
+                                    f"at most {limits.MAX_KERNELS}", config.kernels[limits.MAX_KERNELS]))
+    return errors
 
 
 def _plugin_errors(config, entry, role: str, validate) -> list[str]:
@@ -77,7 +113,7 @@ def _plugin_errors(config, entry, role: str, validate) -> list[str]:
                     f"configuration: {type(exc).__name__}: {exc}",)
     else:
         return []
-    return [config.locate(message, entry) for message in messages]
+    return [config.locate(bounded_message(str(message)), entry) for message in messages]
 
 
 def gpu_stream_errors(config) -> list[str]:

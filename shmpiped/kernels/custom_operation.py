@@ -2,8 +2,13 @@
 
 An ``operation`` such as ``(input - dark) * flat`` is parsed once with
 ``ast`` (eval mode; user text is never evaluated), checked against the
-stream shapes and dtypes by running it on sample arrays, and compiled into
-a linear list of instructions. Each instruction calls one array function
+stream shapes and dtypes, and compiled into a linear list of instructions.
+Checking costs the same for any stream size: shapes are worked out by the
+broadcasting and matmul rules, dtypes (and NumPy's own type errors) by
+running each step on one-element stand-ins with the streams' dtypes and
+numbers of dimensions.  An expression is at most
+``config_limits.MAX_OPERATION_CHARS`` long and nests at most
+``MAX_OPERATION_DEPTH`` deep; a constant (written, or folded) must be finite. Each instruction calls one array function
 with ``out=``: the root writes straight into the output view, every
 intermediate result into a temporary allocated once when the kernel is made.
 
@@ -19,12 +24,14 @@ dtype and shape, so no array function buffers (and allocates) on the hot path.
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Mapping
 
 import numpy
 
+from shmpiped.config_limits import MAX_OPERATION_CHARS, MAX_OPERATION_DEPTH, short_repr
 from shmpiped.errors import ConfigValidationError
 from shmpiped.kernels.base import Kernel
 
@@ -88,7 +95,8 @@ class CompiledOperation:
 @dataclass(frozen=True)
 class _Value:
     operand: Operand
-    sample: Any  # a numpy array, or a Python number for constants
+    shape: tuple[int, ...]  # () for constants
+    sample: Any  # a one-element array of the value's dtype and number of dimensions, or a Python number
     names: frozenset
 
     @property
@@ -96,13 +104,55 @@ class _Value:
         return self.operand.kind == "constant"
 
 
+def _stand_in(shape: tuple[int, ...], dtype) -> numpy.ndarray:
+    """One element of ``dtype`` with as many dimensions as ``shape``: computes the dtypes NumPy would."""
+    return numpy.ones((1,) * len(shape), dtype=dtype)
+
+
+def broadcast_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape NumPy broadcasts ``shapes`` to (ValueError naming them when they do not)."""
+    result: list[int] = []
+    for axis in range(1, max((len(shape) for shape in shapes), default=0) + 1):
+        sizes = {shape[-axis] for shape in shapes if len(shape) >= axis} - {1}
+        if len(sizes) > 1:
+            listed = " and ".join(str(shape) for shape in shapes)
+            raise ValueError(f"operands of shapes {listed} cannot be broadcast together")
+        result.insert(0, sizes.pop() if sizes else 1)
+    return tuple(result)
+
+
+def matmul_shape(left: tuple[int, ...], right: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of ``left @ right`` by NumPy's rules (ValueError when the operands do not line up)."""
+    if not left or not right:
+        raise ValueError("matmul: an operand is a scalar (matmul needs at least one dimension on each side)")
+    a = (1, *left) if len(left) == 1 else left
+    b = (*right, 1) if len(right) == 1 else right
+    if a[-1] != b[-2]:
+        raise ValueError(f"matmul: operands of shapes {left} and {right} do not line up "
+                         f"({a[-1]} columns against {b[-2]} rows)")
+    try:
+        batch = broadcast_shape([a[:-2], b[:-2]])
+    except ValueError as exc:
+        raise ValueError(f"matmul: {exc}") from None
+    return (*batch, *((a[-2],) if len(left) > 1 else ()), *((b[-1],) if len(right) > 1 else ()))
+
+
+def _depth(tree: ast.AST) -> int:
+    """How deep ``tree`` nests, walked without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
 class _Compiler:
     def __init__(self, expression: str, kernel_name: str, streams: Mapping[str, tuple], output: tuple):
         self.expression = expression
         self.prefix = f"kernel {kernel_name!r}"
-        self.samples = {
-            name: numpy.broadcast_to(numpy.ones((), dtype=numpy.dtype(dtype)), tuple(shape))
-            for name, (shape, dtype) in streams.items()
+        self.streams = {
+            name: (tuple(int(dim) for dim in shape), numpy.dtype(dtype)) for name, (shape, dtype) in streams.items()
         }
         self.output_shape = tuple(output[0])
         self.output_dtype = numpy.dtype(output[1])
@@ -112,18 +162,29 @@ class _Compiler:
     def error(self, text: str) -> ConfigValidationError:
         return ConfigValidationError(f"{self.prefix} {text}")
 
-    def compile(self) -> CompiledOperation:
+    def parse(self) -> ast.Expression:
+        if len(self.expression) > MAX_OPERATION_CHARS:
+            raise self.error(f"operation is {len(self.expression)} characters long; an operation has at most "
+                             f"{MAX_OPERATION_CHARS}")
         try:
             tree = ast.parse(self.expression, mode="eval")
         except SyntaxError as exc:
             raise self.error(f"has invalid operation syntax: {exc.msg}") from exc
+        except (RecursionError, MemoryError) as exc:  # the parser's own nesting limit
+            raise self.error(f"operation nests deeper than {MAX_OPERATION_DEPTH} levels") from exc
+        if _depth(tree.body) > MAX_OPERATION_DEPTH:
+            raise self.error(f"operation nests deeper than {MAX_OPERATION_DEPTH} levels "
+                             "(each operator, call and sign is one; a sum of n terms nests n deep)")
+        return tree
+
+    def compile(self) -> CompiledOperation:
+        tree = self.parse()
         result = self.visit(tree.body, root=True)
         if result.operand != OUTPUT:
             self.instructions.append(Instruction("copy", OUTPUT, (result.operand,)))
-        shape = tuple(numpy.shape(result.sample))
-        if shape != self.output_shape:
+        if result.shape != self.output_shape:
             raise self.error(
-                f"operation result shape {shape} does not match output shape {self.output_shape}"
+                f"operation result shape {result.shape} does not match output shape {self.output_shape}"
             )
         dtype = numpy.asarray(result.sample).dtype
         if dtype != self.output_dtype:
@@ -134,7 +195,7 @@ class _Compiler:
             expression=self.expression,
             instructions=tuple(self.instructions),
             temporaries=tuple(self.temporaries),
-            result_shape=shape,
+            result_shape=result.shape,
             result_dtype=dtype,
             names=tuple(sorted(result.names)),
         )
@@ -152,28 +213,37 @@ class _Compiler:
                 raise self.error("operation uses unsupported unary operator")
             if function == "positive":  # +x is x itself
                 return self.visit(node.operand, root)
-            return self.apply(function, (self.visit(node.operand),), root)
+            return self.finite(node, self.apply(function, (self.visit(node.operand),), root))
         if isinstance(node, ast.BinOp):
             function = BINARY_OPERATORS.get(type(node.op))
             if function is None:
                 raise self.error("operation uses unsupported binary operator")
-            return self.apply(function, (self.visit(node.left), self.visit(node.right)), root)
+            return self.finite(node, self.apply(function, (self.visit(node.left), self.visit(node.right)), root))
         if isinstance(node, ast.Call):
-            return self.visit_call(node, root)
+            return self.finite(node, self.visit_call(node, root))
         raise self.error(f"operation uses unsupported syntax: {type(node).__name__}")
 
     def visit_name(self, node: ast.Name) -> _Value:
-        if node.id not in self.samples:
-            allowed = ", ".join(sorted(self.samples))
+        if node.id not in self.streams:
+            allowed = ", ".join(sorted(self.streams))
             raise self.error(f"operation references unknown name {node.id!r}; allowed names are: {allowed}")
         kind = "input" if node.id == "input" else "auxiliary"
-        return _Value(Operand(kind, node.id), self.samples[node.id], frozenset({node.id}))
+        shape, dtype = self.streams[node.id]
+        return _Value(Operand(kind, node.id), shape, _stand_in(shape, dtype), frozenset({node.id}))
 
     def visit_constant(self, node: ast.Constant) -> _Value:
         value = node.value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error("operation only supports numeric constants")
-        return _Value(Operand("constant", value), value, frozenset())
+        return self.finite(node, _Value(Operand("constant", value), (), value, frozenset()))
+
+    def finite(self, node: ast.AST, value: _Value) -> _Value:
+        """``value``, unless it is a constant that is not a finite number (``1e999``, ``1/0``)."""
+        if value.is_constant and isinstance(value.sample, float) and not math.isfinite(value.sample):
+            text = ast.get_source_segment(self.expression, node) or ast.unparse(node)
+            raise self.error(f"operation constant {short_repr(text)[1:-1]} is {value.sample}, not a finite "
+                             "number")
+        return value
 
     def visit_call(self, node: ast.Call, root: bool) -> _Value:
         if node.keywords:
@@ -196,21 +266,25 @@ class _Compiler:
     def apply(self, function: str, arguments: tuple[_Value, ...], root: bool) -> _Value:
         names = frozenset().union(*(argument.names for argument in arguments))
         try:
+            if function == "matmul":
+                shape = matmul_shape(arguments[0].shape, arguments[1].shape)
+            else:
+                shape = broadcast_shape([argument.shape for argument in arguments])
             with numpy.errstate(all="ignore"):
                 sample = getattr(numpy, function)(*(argument.sample for argument in arguments))
-        except Exception as exc:  # numpy's own shape/type error, reported to the user
+        except Exception as exc:  # a shape, or numpy's own type error, reported to the user
             raise self.error(f"operation is invalid for the configured stream shapes: {exc}") from exc
         if all(argument.is_constant for argument in arguments):
             constant = numpy.asarray(sample).item()
-            return _Value(Operand("constant", constant), constant, names)
+            return _Value(Operand("constant", constant), (), constant, names)
         sample = numpy.asarray(sample)
-        shape = None if function == "matmul" else sample.shape
-        operands = tuple(self.converted(argument, sample.dtype, shape) for argument in arguments)
+        operands = tuple(self.converted(argument, sample.dtype, None if function == "matmul" else shape)
+                         for argument in arguments)
         if function in ARRAY_FIRST_OPERAND and arguments[0].is_constant:
             operands = (Operand("array_constant", (arguments[0].operand.value, sample.dtype)), *operands[1:])
-        destination = OUTPUT if root else self.temporary(sample.shape, sample.dtype)
+        destination = OUTPUT if root else self.temporary(shape, sample.dtype)
         self.instructions.append(Instruction(function, destination, operands))
-        return _Value(destination, sample, names)
+        return _Value(destination, shape, sample, names)
 
     def converted(self, argument: _Value, dtype: numpy.dtype, shape: tuple | None) -> Operand:
         """The operand itself, or a temporary holding it as ``dtype`` (and broadcast to ``shape``).
@@ -220,11 +294,10 @@ class _Compiler:
         """
         if argument.is_constant:
             return argument.operand
-        sample = numpy.asarray(argument.sample)
-        broadcast = shape is not None and sample.shape != shape and sample.size > 1
-        if sample.dtype == dtype and not broadcast:
+        broadcast = shape is not None and argument.shape != shape and math.prod(argument.shape) > 1
+        if numpy.asarray(argument.sample).dtype == dtype and not broadcast:
             return argument.operand
-        temporary = self.temporary(shape if broadcast else sample.shape, dtype)
+        temporary = self.temporary(shape if broadcast else argument.shape, dtype)
         self.instructions.append(Instruction("copy", temporary, (argument.operand,)))
         return temporary
 

@@ -32,6 +32,7 @@ from ..errors import (
     SharedMemoryError,
     ShmPipelineError,
     StateTransitionError,
+    SystemLimitError,
     WorkerProcessError,
 )
 from .notify import SystemdNotifier
@@ -314,6 +315,13 @@ class Daemon:
                 log.error("invalid configuration: %s", exc)
                 self.notifier.stopping(str(exc))
                 return EXIT_CONFIG
+            except (OSError, MemoryError) as exc:  # out of file descriptors, memory, processes: 71 (EX_OSERR)
+                limit = SystemLimitError.of(exc, "building the pipeline")
+                if limit is None:
+                    raise
+                log.error("%s", limit)
+                self.notifier.stopping(str(limit))
+                return limit.exit_status
             log.info("pipeline %r built from %s: %d workers", self.manager.namespace, self.config_source,
                      len(self.config.kernels))
             try:
