@@ -38,7 +38,13 @@ from .shm import layout
 from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
 from .state import PipelineState
-from .streams import default_notify, provision_stream, remove_stale_segments, write_initial_value
+from .streams import (
+    default_notify,
+    note_damaged_segments,
+    provision_stream,
+    remove_stale_segments,
+    write_initial_value,
+)
 from .workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger("shmpiped.manager")
@@ -515,6 +521,7 @@ class PipelineManager:
                     self._event("worker_stopped", kernel=handle.name, pid=handle.pid, exitcode=0)
                     log.warning("worker %r exited on its own (status 0)", handle.name)
             self._collect_endpoint_failures()
+            note_damaged_segments(self.streams, self._block, self.config, self._failures, self._event)
             if self._failures and self._state in (PipelineState.RUNNING, PipelineState.PAUSED):
                 first = self._failures[0]
                 self._set_state(PipelineState.FAILED,
@@ -754,12 +761,15 @@ def _shutdown_at_exit(manager: PipelineManager) -> None:
     atexit.register(hook)
 
 
-def attach(name: str, namespace: str | None = None, *, readonly: bool = False,
+def attach(name: str, namespace: str | None = None, *, readonly: bool | None = None,
            gpu_device: str | bool | None = None) -> Stream:
     """Attach to a stream of a running pipeline by its logical name.
 
     External camera, mirror or analysis processes use this to write a source
     stream or read any stream: ``shmpiped.attach("frames", namespace="ao")``.
+    A stream a kernel or source of a running pipeline writes is attached for
+    reading (its ``write()`` raises PermissionError naming the producer;
+    ``readonly=False`` is refused): see ``Stream.attach``.
     A GPU stream is read through its CPU mirror, or, with ``gpu_device``
     (its device, or True), through its device memory as CuPy arrays.
     """

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from .config import PipelineConfig
 from .errors import ConfigValidationError, SharedMemoryError, WorkerProcessError
 from .shm import layout
-from .streams import default_notify, provision_stream, write_initial_value
+from .streams import default_notify, provision_stream, record_producers, write_initial_value
 
 log = logging.getLogger("shmpiped.manager")
 
@@ -240,6 +240,7 @@ class Reconfiguration:
                 if name in manager.owned_streams:
                     stream.unlink()
             manager.owned_streams.discard(name)
+        record_producers(manager.streams, self.new)  # what writes each kept stream now
         new_kernels = {k.name for k in self.new.kernels}
         for name in self.plan.stop_kernels:
             if name not in new_kernels:

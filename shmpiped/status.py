@@ -79,8 +79,10 @@ def stream_entries(streams: dict, owned: set, graph) -> dict:
     for name, stream in streams.items():
         if stream.closed:
             continue
+        damaged = stream.damage()  # checked first: a truncated file reads as zeros, a corrupted count as garbage
         count = stream.count
         result[name] = {
+            "damaged": damaged,
             "count": count,
             "frame_id": stream.frame_id if count else None,
             "write_time": stream.write_time,

@@ -12,6 +12,17 @@ replaced: reusing it is allowed only to read it (mode ``attach``, or
 default one, where several pipelines run side by side) a stream this pipeline
 writes must not belong to another live process: the clash names the stream and
 its owner.
+
+One writer per stream: each stream the pipeline's kernels or sources write
+carries its producer in its header (``record_producer``), so an external
+``shmpiped.attach(...)`` cannot write it while the pipeline runs.
+
+``SegmentMonitor`` is the manager's check of its segments (streams and the
+control block) for damage done from outside: a file truncated, replaced or
+removed under the running pipeline, or a count overwritten.  The manager's
+process survives such a segment (``segment.enable_fault_shield``); the
+monitor turns it into an event, a failure record naming the segment, and a
+``damaged`` entry in ``status()["streams"]``.
 """
 
 from __future__ import annotations
@@ -19,13 +30,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 
 import numpy as np
 
 from .config import PipelineConfig, SharedMemoryConfig
 from .errors import ConfigValidationError, NamespaceBusyError, SharedMemoryError
 from .shm import layout
-from .shm.segment import unlink_unless_held
+from .shm.segment import enable_fault_shield, unlink_unless_held
 from .shm.stream import Stream, stale_once_unheld
 
 log = logging.getLogger("shmpiped.streams")
@@ -46,16 +58,38 @@ def written_streams(config: PipelineConfig) -> set[str]:
         name for s in config.sources for name in s.streams}
 
 
+def producer_of(config: PipelineConfig, stream: str) -> str | None:
+    """What writes ``stream`` in ``config``, in words ("kernel 'centroid' (pipeline.yaml)"), or None."""
+    writers = [f"kernel {k.name!r}" for k in config.kernels if stream in k.outputs]
+    writers += [f"source {s.name!r}" for s in config.sources if stream in s.streams]
+    if not writers:
+        return None
+    where = f" ({os.path.basename(str(config.source_path))})" if config.source_path else ""
+    return " and ".join(writers) + where
+
+
 def provision_stream(spec: SharedMemoryConfig, config: PipelineConfig, slots: int,
                      notify: bool, shared: bool = False) -> tuple[Stream, bool]:
     """Open or create the stream of ``spec`` according to its mode; (stream, created).
 
     ``shared``: the namespace is shared with other pipelines (see the module docstring).
+    A stream the pipeline writes gets its producer recorded (cleared when the handle closes).
     """
+    enable_fault_shield()  # this process owns a pipeline: a truncated segment must not kill it
+    stream, created = _provision(spec, config, slots, notify, shared)
+    producer = producer_of(config, spec.name)
+    if producer is not None:
+        stream.record_producer(producer)
+    return stream, created
+
+
+def _provision(spec: SharedMemoryConfig, config: PipelineConfig, slots: int,
+               notify: bool, shared: bool) -> tuple[Stream, bool]:
     namespace = config.namespace or layout.DEFAULT_NAMESPACE
     resource = layout.stream_segment_name(namespace, spec.name)
+    role = "producer" if spec.name in written_streams(config) else None  # None: a reader if produced elsewhere
     for _attempt in range(3):
-        existing = _open_existing(spec.name, namespace, resource)
+        existing = _open_existing(spec.name, namespace, resource, role)
         if existing is not None:
             if spec.mode == "create":
                 existing.close()
@@ -94,12 +128,12 @@ def provision_stream(spec: SharedMemoryConfig, config: PipelineConfig, slots: in
         f"could not create shared memory '{spec.name}': its name keeps being taken", spec))
 
 
-def _open_existing(name: str, namespace: str, resource: str) -> Stream | None:
+def _open_existing(name: str, namespace: str, resource: str, role: str | None) -> Stream | None:
     if remove_if_stale(resource):
         log.warning("removed stale segment %s (its creator is gone)", resource)
         return None
     try:
-        return Stream.attach(name, namespace, gpu_device=True)
+        return Stream.attach(name, namespace, gpu_device=True, role=role)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -188,3 +222,79 @@ def write_initial_value(stream: Stream, spec: SharedMemoryConfig, config: Pipeli
         stream.publish()
     else:
         stream.write(value)
+
+
+def record_producers(streams: dict, config: PipelineConfig) -> None:
+    """Record (again) what writes each of ``streams`` per ``config``: after a reconfiguration, a stream
+    a kernel or source now writes names it, and one nothing writes any more accepts external writers."""
+    for name, stream in streams.items():
+        if stream.closed:
+            continue
+        producer = producer_of(config, name)
+        if producer is not None:
+            stream.record_producer(producer)
+        else:
+            stream.clear_producer()
+
+
+# ---------------------------------------------------------------------- damaged segments
+
+SEGMENT_DAMAGED = "segment_damaged"
+
+
+def segment_damage(streams: dict, block) -> dict[str, tuple[str | None, str, str]]:
+    """Damaged segments among a pipeline's open streams and its control block:
+    segment path -> (stream name or None for the control block, what happened, the message)."""
+    damaged = {}
+    for name, stream in streams.items():
+        if stream.closed:
+            continue
+        problem = stream.damage()
+        if problem is not None:
+            path = stream.segment.path
+            damaged[path] = (name, problem, f"stream {name!r}: segment {path} {problem} under the running "
+                                            f"pipeline; its workers cannot use it (shutdown removes it, a new "
+                                            f"build recreates it)")
+    segment = getattr(block, "segment", None)
+    if segment is not None and not segment.closed:
+        problem = segment.damage()
+        if problem is not None:
+            damaged[segment.path] = (None, problem, f"control block {segment.path} {problem} under the running "
+                                                    f"pipeline; its workers cannot report or be stopped through "
+                                                    f"it (shutdown removes it, a new build recreates it)")
+    return damaged
+
+
+def note_damaged_segments(streams: dict, block, config: PipelineConfig, failures: list, event) -> None:
+    """The manager's check of its segments, run with its failure poll.
+
+    Each newly damaged segment gets one failure record (``type`` segment_damaged, ``component_type``
+    stream or control_block, ``segment``), an event and an error in the log; the record of a worker
+    killed by SIGBUS names the damaged segment it maps.  Costs two ``stat`` calls per segment.
+    """
+    damaged = segment_damage(streams, block)
+    if not damaged:
+        return
+    reported = {f.get("segment") for f in failures if f.get("type") == SEGMENT_DAMAGED}
+    for path, (stream, problem, message) in damaged.items():
+        if path in reported:
+            continue
+        component = "stream" if stream is not None else "control_block"
+        failures.append({
+            "type": SEGMENT_DAMAGED, "component_type": component, "kernel": stream or os.path.basename(path),
+            "segment": path, "stream": stream, "time": time.time(), "pid": None, "cpu_slot": None,
+            "exit_code": None, "signal": None, "error": message, "traceback": None})
+        event(SEGMENT_DAMAGED, segment=path, stream=stream, error=problem)
+        log.error("%s", message)
+    block_path = getattr(getattr(block, "segment", None), "path", None)
+    kernels = {k.name: k for k in config.kernels}
+    for failure in failures:
+        kernel = kernels.get(failure.get("kernel"))
+        if failure.get("signal") != "SIGBUS" or "segment" in failure or kernel is None:
+            continue
+        names = (*kernel.all_inputs, *kernel.all_outputs)
+        paths = [streams[n].segment.path for n in names if n in streams] + [block_path]
+        hit = next((p for p in paths if p in damaged), None)
+        if hit is not None:
+            failure["segment"] = hit
+            failure["error"] = f"{failure['error']}: segment {hit} {damaged[hit][1]}"

@@ -39,8 +39,10 @@ is one record with the traceback inside.  Nothing per frame is written.
 from __future__ import annotations
 
 import io
+import linecache
 import os
 import pickle
+import re
 import signal
 import sys
 import time
@@ -52,8 +54,10 @@ from dataclasses import dataclass, field
 import numpy
 
 from . import spawning, worker_output
+from .errors import KernelExecutionError
 from .shm import device, layout
-from .shm.stream import HostStreamOnDevice, Stream
+from .shm.device_stream import HostStreamOnDevice
+from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
 
 PARENT_CHECK_NS = 250_000_000
@@ -126,7 +130,9 @@ def run(spec: WorkerSpec) -> int:
             kernel = registry.create(config, spec.shared_memory, config_base_dir=spec.config_base_dir)
 
         def attach(name: str, is_input: bool = True) -> Stream:
-            stream = Stream.attach(name, spec.namespace, gpu_device=gpu_device)
+            # One writer per stream: inputs and auxiliaries are mapped with their slots read-only.
+            stream = Stream.attach(name, spec.namespace, gpu_device=gpu_device,
+                                   role="reader" if is_input else "producer")
             if is_input and gpu_device is not None and stream.storage == "cpu":
                 stream = HostStreamOnDevice(stream, backend)  # a GPU kernel reading a CPU stream
             streams.append(stream)
@@ -147,7 +153,8 @@ def run(spec: WorkerSpec) -> int:
             record.set_state(layout.WS_STOPPED)
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we exit
-        return _report_failure(record, getattr(spec.kernel, "name", "?"), exc)
+        kernel_name = getattr(spec.kernel, "name", "?")
+        return _report_failure(record, kernel_name, _explain_input_write(exc, kernel_name, streams))
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for stream in streams:
@@ -425,6 +432,61 @@ class HotLoop:
                 if stream.slot_metadata(counts[i])[0] < target:
                     last[i] = counts[i]
         return False
+
+
+def _explain_input_write(exc: BaseException, kernel_name: str, streams) -> BaseException:
+    """NumPy's "assignment destination is read-only" from a kernel that wrote into one of its
+    (read-only) input or auxiliary streams, turned into an error naming the kernel and the stream.
+
+    The stream is the one whose read-only mapping holds an array that the innermost frame of the
+    traceback names on the failing line (a local, or an entry of a local dict: the auxiliaries);
+    any other exception is returned unchanged.
+    """
+    if not isinstance(exc, ValueError) or "read-only" not in str(exc):
+        return exc
+    ranges = [(s.segment.address, s.segment.address + s.segment.size, s.name)
+              for s in streams if s.readonly and not s.closed]
+
+    def stream_of(value) -> str | None:
+        if isinstance(value, numpy.ndarray) and not value.flags.writeable and value.size:
+            address = value.__array_interface__["data"][0]
+            return next((name for start, end, name in ranges if start <= address < end), None)
+        return None
+
+    def named_on(line: str, local: str, value) -> list:
+        if not isinstance(value, dict):
+            return [value]
+        keys = [k for k in value if isinstance(k, str) and (f'"{k}"' in line or f"'{k}'" in line)]
+        return [value[k] for k in keys] if keys else list(value.values())
+
+    tracebacks = []
+    tb = exc.__traceback__
+    while tb is not None:
+        tracebacks.append(tb)
+        tb = tb.tb_next
+    for tb in reversed(tracebacks):
+        frame = tb.tb_frame
+        line = linecache.getline(frame.f_code.co_filename, tb.tb_lineno)
+        names = set(re.findall(r"[A-Za-z_]\w*", line))
+        found: set[str] = set()
+        for only_the_line in (True, False):  # the arrays the failing line names, else any the frame holds
+            for local, value in frame.f_locals.items():
+                if only_the_line and local not in names:
+                    continue
+                found.update(n for n in map(stream_of, named_on(line, local, value)) if n)
+            if found:
+                break
+        if found:
+            ordered = sorted(found)
+            what = (f"its input stream {ordered[0]!r}" if len(ordered) == 1
+                    else "one of its input streams " + ", ".join(repr(n) for n in ordered))
+            error = KernelExecutionError(
+                f"kernel {kernel_name!r} wrote into {what}, which it may only read: a stream has one "
+                f"writer, and a kernel writes only into its output views (compute with out=..., or into "
+                f"a buffer of its own) ({exc})")
+            error.__cause__ = exc
+            return error
+    return exc
 
 
 def _claim_record(block_name: str, index: int, spawn_token: int):

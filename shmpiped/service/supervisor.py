@@ -10,8 +10,10 @@ them out (kill, restart, exit).  Nothing here touches processes or HTTP.
   ``healthy_reset_s`` gets its back-off reset.
 * More than ``budget`` restarts of one worker within ``window_s`` spends its
   budget: the pipeline has failed, and the daemon exits (fail fast) so that
-  its orchestrator restarts it cleanly.  Without fail-fast it stays failed
-  until a reload or an explicit restart (``reset()``) gives the budget back.
+  its orchestrator restarts it cleanly.  So does a segment damaged under the
+  pipeline (a ``segment_damaged`` failure): restarts cannot repair it.
+  Without fail-fast it stays failed until a reload or an explicit restart
+  (``reset()``) gives the budget back.
 * A worker whose loop made no progress (``last_metric_age_s``: it touches its
   record every frame and at least every ``read_timeout`` while waiting) for
   longer than its watchdog timeout is hung: it is killed, then restarted like
@@ -79,6 +81,10 @@ class Supervisor:
     def review(self, status: dict, now: float, read_timeouts: dict[str, float]) -> Verdict:
         """Decide on kills and restarts for one status() payload taken at ``now`` (monotonic)."""
         if status.get("state") not in ("running", "paused", "failed") or self.exhausted:
+            return Verdict(exhausted=self.exhausted)
+        damaged = next((f for f in status.get("failures", ()) if f.get("type") == "segment_damaged"), None)
+        if damaged is not None:  # a segment damaged under the pipeline: no restart can repair it
+            self.exhausted = damaged.get("error") or "a segment of the pipeline was damaged"
             return Verdict(exhausted=self.exhausted)
         kill = []
         restart = []

@@ -2,7 +2,10 @@
  * shmpiped.shm._sync: the few operations on shared memory that Python cannot
  * express safely or cheaply: ordered 64-bit loads and stores, the publish /
  * wait handshake of a stream (futex based, no syscall when nobody waits), the
- * slot seqlock and the per-frame telemetry update of a worker.
+ * slot seqlock and the per-frame telemetry update of a worker; and the two
+ * things a segment needs from the kernel beyond a mapping: making a reader's
+ * slot area read-only (mprotect) and surviving a segment that someone
+ * truncated under us (the SIGBUS shield, below).
  *
  * Every function takes raw addresses inside a mapping that the Python side
  * keeps alive (shmpiped.shm.segment.Segment); nothing here allocates or keeps
@@ -17,8 +20,10 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -348,6 +353,148 @@ static PyObject *py_copy_record(PyObject *self, PyObject *const *args, Py_ssize_
     return PyBool_FromLong(ok);
 }
 
+/*
+ * The SIGBUS shield.
+ *
+ * A MAP_SHARED mapping of a /dev/shm file that someone shrinks (ftruncate,
+ * `truncate -s 0`) raises SIGBUS on the next access to a page past the new
+ * end of file, wherever that access happens (here, inside NumPy, inside
+ * Python's struct module).  A Python signal handler cannot catch it: the
+ * faulting instruction would run again.  Processes that must survive such a
+ * segment (the manager, the daemon, viewers) register the address range of
+ * every segment they map; the handler, on a fault inside a registered range,
+ * maps anonymous zero pages over the rest of that range (MAP_FIXED) and
+ * returns, so the access is re-executed against memory that exists and reads
+ * zeros.  The range's fault count tells the owner afterwards that the segment
+ * is damaged.  A fault anywhere else goes to the previous handler (e.g.
+ * Python's faulthandler), or kills the process as SIGBUS always did.
+ *
+ * The table is written only with the GIL held (one writer at a time) and read
+ * by the handler with acquire loads: an entry is published by storing its
+ * start last, and retired by clearing its start first.
+ */
+#define GUARD_CAPACITY 4096
+
+typedef struct {
+    uintptr_t start;   /* 0: free */
+    uintptr_t end;
+    uint64_t faults;
+} guard_range;
+
+static guard_range guards[GUARD_CAPACITY];
+static struct sigaction previous_sigbus;
+static int shield_installed = 0;
+static uintptr_t page_mask = 0;
+
+static void on_sigbus(int signum, siginfo_t *info, void *context) {
+    int saved_errno = errno;
+    if (info != NULL && info->si_code > 0) { /* raised by a fault, not sent by kill() */
+        uintptr_t addr = (uintptr_t)info->si_addr;
+        for (int i = 0; i < GUARD_CAPACITY; i++) {
+            uintptr_t start = __atomic_load_n(&guards[i].start, __ATOMIC_ACQUIRE);
+            if (start == 0 || addr < start) continue;
+            uintptr_t end = __atomic_load_n(&guards[i].end, __ATOMIC_ACQUIRE);
+            if (addr >= end) continue;
+            uintptr_t page = addr & page_mask;
+            void *patch = mmap((void *)page, end - page, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+            if (patch != MAP_FAILED) {
+                __atomic_add_fetch(&guards[i].faults, 1, __ATOMIC_RELAXED);
+                errno = saved_errno;
+                return; /* the access runs again, on the zero pages */
+            }
+            break;
+        }
+    }
+    errno = saved_errno;
+    if (previous_sigbus.sa_flags & SA_SIGINFO) {
+        if (previous_sigbus.sa_sigaction != NULL) {
+            previous_sigbus.sa_sigaction(signum, info, context);
+            return;
+        }
+    } else if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN) {
+        previous_sigbus.sa_handler(signum);
+        return;
+    }
+    /* Nobody else handles it: die of SIGBUS as without the shield. */
+    struct sigaction fallback;
+    memset(&fallback, 0, sizeof(fallback));
+    fallback.sa_handler = SIG_DFL;
+    sigemptyset(&fallback.sa_mask);
+    sigaction(SIGBUS, &fallback, NULL);
+    raise(SIGBUS);
+}
+
+/* shield_install() -> bool: install the SIGBUS shield in this process (True if it was not yet). */
+static PyObject *py_shield_install(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(0, "shield_install");
+    if (shield_installed) Py_RETURN_FALSE;
+    page_mask = ~(uintptr_t)(sysconf(_SC_PAGESIZE) - 1);
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = on_sigbus;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGBUS, &action, &previous_sigbus) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    shield_installed = 1;
+    Py_RETURN_TRUE;
+}
+
+/* shield_register(addr, nbytes) -> index, or -1 when the table is full. */
+static PyObject *py_shield_register(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    char *addr;
+    uint64_t nbytes;
+    CHECK_NARGS(2, "shield_register");
+    if (parse_addr(args[0], &addr) < 0 || parse_u64(args[1], &nbytes) < 0) return NULL;
+    for (int i = 0; i < GUARD_CAPACITY; i++) {
+        if (__atomic_load_n(&guards[i].start, __ATOMIC_ACQUIRE) != 0) continue;
+        guards[i].faults = 0;
+        __atomic_store_n(&guards[i].end, (uintptr_t)addr + nbytes, __ATOMIC_RELEASE);
+        __atomic_store_n(&guards[i].start, (uintptr_t)addr, __ATOMIC_RELEASE);
+        return PyLong_FromLong(i);
+    }
+    return PyLong_FromLong(-1);
+}
+
+static int parse_guard(PyObject *obj, int *out) {
+    long index = PyLong_AsLong(obj);
+    if (index == -1 && PyErr_Occurred()) return -1;
+    if (index < 0 || index >= GUARD_CAPACITY) {
+        PyErr_SetString(PyExc_ValueError, "no such guarded range");
+        return -1;
+    }
+    *out = (int)index;
+    return 0;
+}
+
+/* shield_unregister(index): forget a range before it is unmapped. */
+static PyObject *py_shield_unregister(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int index;
+    CHECK_NARGS(1, "shield_unregister");
+    if (parse_guard(args[0], &index) < 0) return NULL;
+    __atomic_store_n(&guards[index].start, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&guards[index].end, 0, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+/* shield_faults(index) -> how many faults the shield absorbed in that range. */
+static PyObject *py_shield_faults(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int index;
+    CHECK_NARGS(1, "shield_faults");
+    if (parse_guard(args[0], &index) < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&guards[index].faults, __ATOMIC_RELAXED));
+}
+
+/* protect_readonly(addr, nbytes): make a page-aligned part of a mapping read-only (mprotect). */
+static PyObject *py_protect_readonly(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    char *addr;
+    uint64_t nbytes;
+    CHECK_NARGS(2, "protect_readonly");
+    if (parse_addr(args[0], &addr) < 0 || parse_u64(args[1], &nbytes) < 0) return NULL;
+    if (nbytes && mprotect(addr, (size_t)nbytes, PROT_READ) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"load_u64", (PyCFunction)(void (*)(void))py_load_u64, METH_FASTCALL, "load_u64(addr) -> int"},
     {"store_u64", (PyCFunction)(void (*)(void))py_store_u64, METH_FASTCALL, "store_u64(addr, value)"},
@@ -364,6 +511,14 @@ static PyMethodDef methods[] = {
     {"monotonic_ns", (PyCFunction)(void (*)(void))py_monotonic_ns, METH_FASTCALL, "monotonic_ns() -> int"},
     {"copy_record", (PyCFunction)(void (*)(void))py_copy_record, METH_FASTCALL,
      "copy_record(rec_addr, size, dest) -> bool"},
+    {"shield_install", (PyCFunction)(void (*)(void))py_shield_install, METH_FASTCALL, "shield_install() -> bool"},
+    {"shield_register", (PyCFunction)(void (*)(void))py_shield_register, METH_FASTCALL,
+     "shield_register(addr, nbytes) -> index (-1: table full)"},
+    {"shield_unregister", (PyCFunction)(void (*)(void))py_shield_unregister, METH_FASTCALL,
+     "shield_unregister(index)"},
+    {"shield_faults", (PyCFunction)(void (*)(void))py_shield_faults, METH_FASTCALL, "shield_faults(index) -> int"},
+    {"protect_readonly", (PyCFunction)(void (*)(void))py_protect_readonly, METH_FASTCALL,
+     "protect_readonly(addr, nbytes)"},
     {NULL, NULL, 0, NULL},
 };
 

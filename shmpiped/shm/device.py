@@ -36,6 +36,7 @@ import numpy as np
 from ..config import gpu_device_index
 
 EMULATION_ENV = "SHMPIPED_GPU_EMULATION"
+CUDA_HOST_REGISTER_READ_ONLY = 0x08  # cudaHostRegisterReadOnly (CUDA 11.1+)
 
 
 @dataclass(frozen=True)
@@ -200,11 +201,15 @@ class CudaBackend:
                             self._cupy.cuda.runtime.memcpyHostToDevice)
 
     def pin(self, host_bytes: np.ndarray):
-        """Page-lock host memory for fast async copies; returns the undo callable, None if refused."""
+        """Page-lock host memory for fast async copies; returns the undo callable, None if refused.
+
+        Read-only memory (a reader's slots) is registered read-only (cudaHostRegisterReadOnly), as
+        CUDA requires on most platforms; where that is refused too, copies stay pageable."""
         runtime = self._cupy.cuda.runtime
         address, size = int(host_bytes.ctypes.data), host_bytes.nbytes
+        flags = 0 if host_bytes.flags.writeable else CUDA_HOST_REGISTER_READ_ONLY
         try:
-            runtime.hostRegister(address, size, 0)
+            runtime.hostRegister(address, size, flags)
         except Exception:  # noqa: BLE001 - pinning is an optimisation: pageable copies still work
             return None
         return functools.partial(runtime.hostUnregister, address)

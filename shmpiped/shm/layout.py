@@ -72,6 +72,13 @@ H_DEVICE_SLOT_STRIDE = (704, "Q")
 H_DEVICE_NBYTES = (712, "Q")
 H_DEVICE_BACKEND = (720, "16s")  # "cuda" or "emulated"
 H_DEVICE_HANDLE = (768, "64s")   # cudaIpcMemHandle_t (or the emulated backend's handle)
+# Stream only: who writes it.  Set by the pipeline that produces the stream (the manager, at build),
+# cleared when that pipeline closes it; an attacher asking to write is refused while it lives.
+H_PRODUCER_PID = (2048, "Q")       # the producing pipeline's process, 0 = no producer recorded
+H_PRODUCER_START = (2056, "Q")     # its start time (clock ticks), against pid reuse
+H_PRODUCER_PID_NS = (2064, "Q")
+H_PRODUCER_TOKEN = (2072, "Q")     # which handle recorded it (only that handle clears it)
+H_PRODUCER = (2080, "256s")        # what writes it, in words: "kernel 'centroid' (pipeline.yaml)"
 
 # Hot words, each on its own cache line.
 STREAM_SEQ_OFFSET = 1024

@@ -216,5 +216,4 @@ class PyshmemStyleMethods:
 
     def _require_writable(self, operation: str) -> None:
         if self.readonly:
-            raise PermissionError(f"cannot {operation} read-only stream {self.name!r}; "
-                                  f"attach it with readonly=False")
+            raise PermissionError(f"cannot {operation} stream {self.name!r}: {self._refusal()}")

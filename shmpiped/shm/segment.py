@@ -9,6 +9,16 @@ that share ``/dev/shm`` (``--ipc=host``).
 Creation is atomic: the segment is built under a hidden temporary name, its
 header written and its lock taken, and only then linked under its real name.
 A reader therefore never maps a half-initialised segment.
+
+A segment can be mapped with its tail read-only (``readonly_from``): a
+stream's readers keep the header writable (they register as futex waiters
+there) while the slots they read are protected by the MMU.
+
+Every mapping is registered with the SIGBUS shield of ``_sync``; a process
+that calls :func:`enable_fault_shield` (the manager, viewers) then survives a
+segment that someone truncates under it: the pages past the new end read as
+zeros instead of killing the process, and :meth:`Segment.damage` says what
+happened to the file.
 """
 
 from __future__ import annotations
@@ -20,12 +30,28 @@ import os
 import secrets
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import SharedMemoryError
-from . import layout
+from . import _sync, layout
+
+_shield = {"enabled": False}
+
+
+def enable_fault_shield() -> None:
+    """Survive segments truncated under this process (see ``_sync.c``): install the SIGBUS
+    shield once.  Accesses past the new end of a shmpiped segment then read zeros (and writes go
+    nowhere) instead of killing the process; ``Segment.damage()`` reports it."""
+    if not _shield["enabled"]:
+        _sync.shield_install()
+        _shield["enabled"] = True
+
+
+def fault_shield_enabled() -> bool:
+    return _shield["enabled"]
 
 
 def shm_path(name: str) -> str:
@@ -41,7 +67,7 @@ class OwnerIdentity:
 
     @classmethod
     def of_this_process(cls) -> "OwnerIdentity":
-        return cls(os.getpid(), _start_ticks(os.getpid()), _pid_namespace(), socket.gethostname()[:63])
+        return cls(os.getpid(), start_ticks(os.getpid()), this_pid_namespace(), socket.gethostname()[:63])
 
     def write(self, buffer) -> None:
         layout.pack(buffer, layout.H_OWNER_PID, self.pid)
@@ -60,7 +86,7 @@ class OwnerIdentity:
         )
 
 
-def _start_ticks(pid: int) -> int:
+def start_ticks(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             fields = handle.read().rsplit(b")", 1)[1].split()
@@ -69,11 +95,40 @@ def _start_ticks(pid: int) -> int:
         return 0
 
 
-def _pid_namespace() -> int:
+def this_pid_namespace() -> int:
     try:
         return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return 0
+
+
+@dataclass(frozen=True)
+class Producer:
+    """The pipeline that writes a stream, as recorded in the stream's header."""
+
+    pid: int
+    start_ticks: int
+    pid_namespace: int
+    description: str  # e.g. "kernel 'centroid' (pipeline.yaml)"
+
+    @classmethod
+    def of(cls, segment: Segment) -> "Producer | None":
+        pid = segment.header(layout.H_PRODUCER_PID)
+        if not pid:
+            return None
+        return cls(pid, segment.header(layout.H_PRODUCER_START), segment.header(layout.H_PRODUCER_PID_NS),
+                   segment.header_str(layout.H_PRODUCER))
+
+    def alive(self, segment: Segment) -> bool:
+        """Whether the producing process still runs (in another pid namespace: whether anyone holds
+        the segment's ownership lock)."""
+        if self.pid_namespace != this_pid_namespace():
+            return lock_holder_alive(segment.path)
+        ticks = start_ticks(self.pid)
+        return ticks != 0 and ticks == self.start_ticks
+
+    def __str__(self) -> str:
+        return f"{self.description} of the pipeline run by pid {self.pid}"
 
 
 def unlink_unless_held(name: str, still_removable=lambda segment: True) -> bool:
@@ -128,18 +183,27 @@ def lock_holder_alive(path: str) -> bool:
 class Segment:
     """One mapping of a /dev/shm file, with its base address for the C helpers."""
 
-    def __init__(self, name: str, fd: int, mapping: mmap.mmap, writable: bool, locked: bool):
+    def __init__(self, name: str, fd: int, mapping: mmap.mmap, writable: bool, locked: bool,
+                 readonly_from: int | None = None):
         self.name = name
         self.path = shm_path(name)
         self._fd = fd
         self._mmap = mapping
-        self.writable = writable
+        self.writable = writable  # the header at least can be written through this mapping
         self.locked = locked
         self.bytes = np.frombuffer(mapping, dtype=np.uint8)
-        if not writable:
-            self.bytes.flags.writeable = False
         self.address = int(self.bytes.ctypes.data)
         self.size = len(mapping)
+        st = os.fstat(fd)
+        self._identity = (st.st_dev, st.st_ino)
+        self.tail_readonly = False
+        if not writable:
+            self.bytes.flags.writeable = False
+        elif readonly_from is not None:
+            self.protect_from(readonly_from)
+        guard = _sync.shield_register(self.address, self.size)
+        self._guard = guard
+        self._unguard = weakref.finalize(mapping, _sync.shield_unregister, guard) if guard >= 0 else None
 
     # -- creation and opening -------------------------------------------------
     @classmethod
@@ -179,14 +243,20 @@ class Segment:
         return cls(name, fd, mapping, writable=True, locked=True)
 
     @classmethod
-    def open(cls, name: str, writable: bool = True) -> "Segment":
-        """Map an existing segment; FileNotFoundError if there is none."""
+    def open(cls, name: str, writable: bool = True, readonly_from: int | None = None) -> "Segment":
+        """Map an existing segment; FileNotFoundError if there is none.
+
+        ``readonly_from``: with ``writable``, the bytes from that offset on are
+        mapped read-only (rounded up to a page).
+        """
         path = shm_path(name)
         fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
             if size < layout.HEADER_SIZE:
-                raise SharedMemoryError(errno.EINVAL, f"segment {name!r} is truncated ({size} bytes)")
+                raise SharedMemoryError(
+                    errno.EINVAL, f"segment {path} is truncated ({size} bytes, less than its "
+                                  f"{layout.HEADER_SIZE}-byte header): its pipeline must rebuild it")
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
             if mapping[:8] != layout.MAGIC:
@@ -202,7 +272,7 @@ class Segment:
         except BaseException:
             os.close(fd)
             raise
-        return cls(name, fd, mapping, writable=writable, locked=False)
+        return cls(name, fd, mapping, writable=writable, locked=False, readonly_from=readonly_from)
 
     @classmethod
     def open_or_create_locked(cls, name: str, size: int, initialise) -> "Segment":
@@ -278,6 +348,48 @@ class Segment:
     def owner_alive(self) -> bool:
         return self.locked or lock_holder_alive(self.path)
 
+    def protect_from(self, offset: int) -> None:
+        """Make the bytes from ``offset`` on read-only in this mapping: the MMU refuses writes from
+        the first page boundary at or after ``offset``, NumPy refuses them everywhere (``bytes``
+        and the views taken from it afterwards are read-only)."""
+        start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        if start < self.size:
+            _sync.protect_readonly(self.address + start, self.size - start)
+        self.bytes.flags.writeable = False
+        self.tail_readonly = True
+
+    # -- integrity ----------------------------------------------------------------
+    @property
+    def faults(self) -> int:
+        """Accesses past the end of the file that the SIGBUS shield absorbed."""
+        return _sync.shield_faults(self._guard) if self._guard >= 0 and not self.closed else 0
+
+    def damage(self) -> str | None:
+        """What happened to the file behind this mapping, in words, or None while it is intact:
+        truncated (now, or at some point: an access faulted), removed or renamed, replaced by another
+        file under the same name, or its header overwritten.  Two ``stat`` calls; reads the magic."""
+        if self.closed:
+            return None
+        try:
+            st = os.fstat(self._fd)
+        except OSError as exc:
+            return f"cannot be checked ({exc})"
+        if st.st_size < self.size:
+            return f"was truncated to {st.st_size} bytes (it had {self.size})"
+        if self.faults:
+            return "was truncated (an access past its end faulted)"
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return "was removed from /dev/shm (or renamed)"
+        except OSError as exc:
+            return f"cannot be checked ({exc})"
+        if (named.st_dev, named.st_ino) != self._identity:
+            return "was replaced by another file of the same name"
+        if self._mmap[:8] != layout.MAGIC:
+            return "has had its header overwritten"
+        return None
+
     # -- teardown -------------------------------------------------------------
     def unlink(self) -> None:
         try:
@@ -294,7 +406,10 @@ class Segment:
         try:
             self._mmap.close()
         except BufferError:
-            pass  # views exported to user code: the mapping goes with the last of them
+            pass  # views exported to user code: the mapping (and its guard) goes with the last of them
+        else:
+            if self._unguard is not None:
+                self._unguard()
         os.close(self._fd)
         self._fd = -1
         self.address = 0

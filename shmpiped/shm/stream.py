@@ -27,21 +27,46 @@ waits for the device work on the slot (and queues the CPU-mirror copy), so a
 reader never sees a half-written slot.  Attached without, it is a plain
 ``Stream`` over its CPU mirror, read like any CPU stream; without a mirror
 its payload cannot be read from the host.
+
+One writer per stream.  The pipeline that produces a stream (a kernel's
+output, a source's stream) records it in the stream's header
+(``record_producer``) and clears it when it closes the stream.  While that
+pipeline lives, ``attach(readonly=False)`` is refused with a PermissionError
+naming the producer, and a plain ``attach()`` gives a *reader*: its header is
+writable (readers park on the futex there) and its slots are read-only (the
+MMU refuses writes, NumPy raises), and its ``write()`` raises PermissionError
+naming the producer.  Workers attach their inputs and auxiliaries as readers.
+
+A stream whose file was damaged under its users (truncated, replaced,
+removed, its count overwritten) is reported by ``damage()``; see
+``segment.enable_fault_shield`` for surviving one.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import secrets
 import time
+import weakref
 
 import numpy as np
 
+from ..errors import SharedMemoryError
 from . import _sync, device, layout
 from .pyshmem_style import PyshmemStyleMethods
-from .segment import OwnerIdentity, Segment, lock_holder_alive, shm_path
+from .segment import OwnerIdentity, Producer, Segment, lock_holder_alive, shm_path
 
 WAIT_STRATEGIES = ("futex", "hybrid", "spin")
 HYBRID_SPIN_S = 50e-6
+#: How the pipeline itself attaches: its writer (no producer check), or a worker's input (slots read-only).
+ROLES = ("producer", "reader")
+
+
+def _writers_refusal(name: str, namespace: str, producer: Producer) -> str:
+    return (f"stream {name!r} (namespace {namespace!r}) is written by {producer}, and a stream has one "
+            f"writer: read it (shmpiped.attach({name!r}, namespace={namespace!r}) gives a read-only "
+            f"handle), or declare a stream of your own as the pipeline's input")
 
 
 class Stream(PyshmemStyleMethods):
@@ -56,16 +81,11 @@ class Stream(PyshmemStyleMethods):
         self.name = stream_name
         self.namespace = namespace
         buf = segment.bytes
-        self.nslots = segment.header(layout.H_NSLOTS)
-        ndim = segment.header(layout.H_NDIM)
-        self.shape = tuple(segment.header(layout.H_SHAPE)[:ndim]) if ndim else ()
-        self.dtype = np.dtype(segment.header_str(layout.H_DTYPE))
+        self._read_geometry()
         self.storage = layout.STORAGE_NAMES.get(segment.header(layout.H_STORAGE), "cpu")
         self.gpu_device = segment.header_str(layout.H_GPU_DEVICE) or None
         self.cpu_mirror = bool(segment.header(layout.H_CPU_MIRROR))
         self.notify = bool(segment.header(layout.H_NOTIFY))
-        self.nbytes = segment.header(layout.H_PAYLOAD_NBYTES)
-        self._stride = segment.header(layout.H_SLOT_STRIDE)
         base = segment.address
         self._addr = base
         self._seq_addr = base + layout.STREAM_SEQ_OFFSET
@@ -82,13 +102,40 @@ class Stream(PyshmemStyleMethods):
             headers.append(buf[start : start + layout.SLOT_HEADER_SIZE].view(np.uint64))
         self.slot_views = tuple(views) if self.has_host_payload else _NoHostPayload(self)
         self._slot_headers = tuple(headers)
-        self.readonly = not segment.writable
+        self.readonly = not segment.writable or segment.tail_readonly  # cannot publish
+        self._poll_only = not segment.writable  # cannot park on the futex (its header is read-only too)
+        if self.readonly:  # shadow the writing methods: writers pay nothing for the check
+            self.next_slot = self.publish = self.write = _WriteRefusal(self)
+        self._producer_token = 0
         self.last_read_count = 0
         # pyshmem's read accounting: publications stepped over by this handle's reads.
         self._seen_count = self.count
         self.missed_writes = 0
         self.total_missed_writes = 0
         self.set_wait_strategy("futex")
+
+    def _read_geometry(self) -> None:
+        """Shape, dtype, slots and sizes from the header; SharedMemoryError when they are not a
+        stream's, or when the file is shorter than they say (truncated)."""
+        segment = self.segment
+        try:
+            self.nslots = segment.header(layout.H_NSLOTS)
+            ndim = segment.header(layout.H_NDIM)
+            if ndim > layout.MAX_DIMS or self.nslots < 1:
+                raise ValueError(f"{self.nslots} slots, {ndim} dimensions")
+            self.shape = tuple(segment.header(layout.H_SHAPE)[:ndim]) if ndim else ()
+            self.dtype = np.dtype(segment.header_str(layout.H_DTYPE))
+            self.nbytes = segment.header(layout.H_PAYLOAD_NBYTES)
+            self._stride = segment.header(layout.H_SLOT_STRIDE)
+            if self._stride < layout.SLOT_HEADER_SIZE:
+                raise ValueError(f"slot stride {self._stride}")
+        except (TypeError, ValueError) as exc:
+            raise SharedMemoryError(errno.EINVAL, f"segment {segment.path} has a damaged stream header "
+                                                  f"({exc}): its pipeline must rebuild it") from None
+        needed = layout.HEADER_SIZE + self.nslots * self._stride
+        if segment.size < needed:
+            raise SharedMemoryError(errno.EINVAL, f"segment {segment.path} is truncated ({segment.size} bytes "
+                                                  f"of {needed}): its pipeline must rebuild it")
 
     # -- creation / attachment ---------------------------------------------------
     @classmethod
@@ -161,32 +208,117 @@ class Stream(PyshmemStyleMethods):
             raise
         if not on_device:
             return cls(segment, name, namespace)
-        _LocalAllocations.adopt(segment, allocation)
+        LocalAllocations.adopt(segment, allocation)
         return DeviceStream(segment, name, namespace, backend, allocation)
 
     @classmethod
-    def attach(cls, name: str, namespace: str | None = None, *, readonly: bool = False,
-               gpu_device: str | bool | None = None) -> "Stream":
+    def attach(cls, name: str, namespace: str | None = None, *, readonly: bool | None = None,
+               gpu_device: str | bool | None = None, role: str | None = None) -> "Stream":
         """Open an existing stream by its logical name; FileNotFoundError if absent.
+
+        ``readonly``: True maps it read-only (such a handle polls instead of
+        parking on the futex: viewers); False asks to write it, refused with a
+        PermissionError naming the producer while a running pipeline produces
+        it; None (the default) writes it when nothing produces it and else
+        reads it: its header is writable (it parks on the futex), its slots
+        are read-only and ``write()`` raises PermissionError naming the
+        producer.  ``role`` is the pipeline's own: ``"producer"`` (its writer)
+        or ``"reader"`` (a worker's input or auxiliary).
 
         ``gpu_device`` (its device name, or True for "wherever it lives")
         attaches a GPU stream's device memory and returns a
         :class:`DeviceStream`; without it a GPU stream is read through its
-        CPU mirror.  It is ignored for CPU streams.
+        CPU mirror.  It is ignored for CPU streams.  A reader's device views
+        cannot be made read-only (only its CPU mirror is).
         """
+        if role is not None and role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         namespace = namespace or layout.DEFAULT_NAMESPACE
-        segment = Segment.open(layout.stream_segment_name(namespace, name), writable=not readonly)
-        if segment.header(layout.H_KIND) != layout.KIND_STREAM:
-            segment.close()
-            raise FileNotFoundError(f"{segment.path} is not a stream segment")
-        if not gpu_device or segment.header(layout.H_STORAGE) != layout.STORAGE_CODES["gpu"]:
-            return cls(segment, name, namespace)
+        segment_name = layout.stream_segment_name(namespace, name)
+        if role is None and readonly:
+            segment = Segment.open(segment_name, writable=False)
+        else:
+            try:
+                segment = Segment.open(segment_name, writable=True)
+            except PermissionError:
+                if role is not None or readonly is not None:
+                    raise
+                segment = Segment.open(segment_name, writable=False)  # no write permission: a reader still
         try:
-            backend, allocation = _attach_device_memory(segment, name, gpu_device)
+            if segment.header(layout.H_KIND) != layout.KIND_STREAM:
+                raise FileNotFoundError(f"{segment.path} is not a stream segment")
+            if role == "reader":
+                segment.protect_from(layout.HEADER_SIZE)
+            elif role is None and segment.writable:
+                producer = Producer.of(segment)
+                if producer is not None and producer.alive(segment):
+                    if readonly is False:
+                        raise PermissionError(_writers_refusal(name, namespace, producer))
+                    segment.protect_from(layout.HEADER_SIZE)
+            if not gpu_device or segment.header(layout.H_STORAGE) != layout.STORAGE_CODES["gpu"]:
+                return cls(segment, name, namespace)
+            backend, allocation = attach_device_memory(segment, name, gpu_device)
         except BaseException:
             segment.close()
             raise
         return DeviceStream(segment, name, namespace, backend, allocation)
+
+    # -- the one writer ------------------------------------------------------------
+    def record_producer(self, description: str) -> None:
+        """Record in the header that this process's pipeline writes the stream (``description``: what
+        writes it, e.g. "kernel 'centroid' (pipeline.yaml)"); cleared when this handle closes."""
+        raw = description.encode("utf-8")[: int(layout.H_PRODUCER[1][:-1]) - 1]
+        owner = OwnerIdentity.of_this_process()
+        token = secrets.randbits(63) or 1
+        segment = self.segment
+        segment.set_header(layout.H_PRODUCER_PID, 0)
+        segment.set_header(layout.H_PRODUCER, raw)
+        segment.set_header(layout.H_PRODUCER_START, owner.start_ticks)
+        segment.set_header(layout.H_PRODUCER_PID_NS, owner.pid_namespace)
+        segment.set_header(layout.H_PRODUCER_TOKEN, token)
+        segment.set_header(layout.H_PRODUCER_PID, owner.pid)
+        self._producer_token = token
+
+    def clear_producer(self) -> None:
+        """Forget the producer this handle recorded (another handle's record is left alone)."""
+        token, self._producer_token = self._producer_token, 0
+        if token and not self.closed and self.segment.header(layout.H_PRODUCER_TOKEN) == token:
+            self.segment.set_header(layout.H_PRODUCER_PID, 0)
+            self.segment.set_header(layout.H_PRODUCER_TOKEN, 0)
+
+    @property
+    def producer(self) -> Producer | None:
+        """The running pipeline that writes this stream, None when none is recorded or it is gone."""
+        producer = Producer.of(self.segment)
+        return producer if producer is not None and producer.alive(self.segment) else None
+
+    def _refusal(self) -> str:
+        producer = None if self.closed else self.producer
+        if producer is not None:
+            return _writers_refusal(self.name, self.namespace, producer)
+        if self.segment.writable:
+            return (f"this handle of stream {self.name!r} only reads it (a kernel's inputs and auxiliaries "
+                    f"are read-only: a stream has one writer)")
+        return f"stream {self.name!r} was attached read-only (readonly=True)"
+
+    # -- integrity ------------------------------------------------------------------
+    def damage(self) -> str | None:
+        """What is wrong with the stream's file, in words (see ``Segment.damage``; also a publication
+        count that its slots contradict), or None while it is intact."""
+        problem = self.segment.damage()
+        if problem is not None or self.closed:
+            return problem
+        count = self.count
+        if count:
+            seq = _sync.slot_seq(self.slot_addrs[(count - 1) % self.nslots])
+            # The newest slot holds `count`, or 0 / count + k * nslots once the writer moved on.
+            if count >= 1 << 63 or (seq and (seq < count or (seq - count) % self.nslots)):
+                return f"has a corrupted publication count ({count:#x}; its newest slot holds publication {seq})"
+        return None
+
+    def _corrupted_count(self, count: int) -> SharedMemoryError:
+        return SharedMemoryError(errno.EINVAL, f"stream {self.name!r}: segment {self.segment.path} has a corrupted "
+                                              f"publication count ({count:#x}): its pipeline must rebuild it")
 
     # -- state --------------------------------------------------------------------
     @property
@@ -243,8 +375,13 @@ class Stream(PyshmemStyleMethods):
         stamps it as originating now.
         """
         count = _sync.load_u64(self._seq_addr) + 1
-        _sync.publish(self._addr, self.slot_addrs[(count - 1) % self.nslots], count,
-                      frame_id or count, origin_ns)
+        try:
+            _sync.publish(self._addr, self.slot_addrs[(count - 1) % self.nslots], count,
+                          frame_id or count, origin_ns)
+        except OverflowError:
+            if count >> 64:  # the count word was overwritten with garbage
+                raise self._corrupted_count(count - 1) from None
+            raise
         return count
 
     def write(self, value, frame_id: int | None = None, origin_ns: int = 0) -> int:
@@ -255,7 +392,7 @@ class Stream(PyshmemStyleMethods):
 
     def wake_all(self) -> None:
         """Wake every parked reader without publishing (used to stop workers)."""
-        if not self.readonly:
+        if not self._poll_only:
             _sync.wake_all(self._addr)
 
     # -- reading ------------------------------------------------------------------
@@ -333,7 +470,7 @@ class Stream(PyshmemStyleMethods):
 
     def wait_once(self, after: int, timeout: float) -> int:
         """One bounded wait; returns the current count (may still equal ``after``)."""
-        if self.readonly:
+        if self._poll_only:
             return self._poll_once(after, timeout)
         return _sync.wait_seq(self._addr, after, timeout, self._spin_s)
 
@@ -367,9 +504,15 @@ class Stream(PyshmemStyleMethods):
         self.segment.set_header(layout.H_FLAGS, flags | layout.FLAG_KEPT)
 
     def close(self) -> None:
+        if self._producer_token:
+            self.clear_producer()
         self.slot_views = ()
         self._slot_headers = ()
         self.segment.close()
+        # A thread still holding the handle (an abandoned source call) now gets ValueError or
+        # IndexError from its next call, not a write into memory that is unmapped or reused.
+        self._addr = self._seq_addr = 0
+        self.slot_addrs = ()
 
     def unlink(self) -> None:
         self.segment.unlink()
@@ -389,6 +532,18 @@ class Stream(PyshmemStyleMethods):
                 f"dtype={self.dtype.name}, count={self.count if not self.closed else 'closed'})")
 
 
+class _WriteRefusal:
+    """What a handle that may not write has for ``next_slot``, ``publish`` and ``write``: a call raises
+    PermissionError saying why (it holds its stream weakly, so the handle is freed as usual)."""
+
+    def __init__(self, stream: Stream):
+        self._stream = weakref.ref(stream)
+
+    def __call__(self, *args, **kwargs):
+        stream = self._stream()
+        raise PermissionError(stream._refusal() if stream is not None else "this handle cannot write")
+
+
 class _NoHostPayload(tuple):
     """The slot views of a GPU stream without CPU mirror attached from the host: touching one
     says what to do instead."""
@@ -406,167 +561,6 @@ class _NoHostPayload(tuple):
         raise RuntimeError(
             f"GPU stream {self.stream_name!r} has no cpu_mirror: host readers need `cpu_mirror: true`, "
             f"or attach it on its device (gpu_device={self.gpu_device!r})")
-
-
-class DeviceStream(Stream):
-    """A GPU stream attached with device access: ``slot_views`` are device arrays.
-
-    ``host_views`` are the CPU mirror's slots (None without a mirror).  The
-    hot-path contract is the CPU stream's: ``next_slot()``, compute into it,
-    ``publish()``.
-    """
-
-    gpu_enabled = True
-
-    def __init__(self, segment: Segment, stream_name: str, namespace: str, backend, allocation):
-        super().__init__(segment, stream_name, namespace)
-        self.backend = backend
-        self.xp = backend.xp
-        self._allocation = allocation
-        self.host_views = self.slot_views if self.cpu_mirror else None
-        stride = segment.header(layout.H_DEVICE_SLOT_STRIDE)
-        self.slot_views = tuple(allocation.view(i * stride, self.shape, self.dtype) for i in range(self.nslots))
-        self._synchronize = backend.synchronize
-        self._mirror_copies = None
-        self._unpin = None
-        if self.cpu_mirror and not self.readonly:
-            mirror = segment.bytes[layout.HEADER_SIZE:]
-            self._unpin = backend.pin(mirror)
-            self._mirror_copies = tuple(
-                backend.copier_to_host(host, dev) for host, dev in zip(self.host_views, self.slot_views))
-
-    def publish(self, frame_id: int = 0, origin_ns: int = 0) -> int:
-        """Wait for the device work on the slot (queueing its mirror copy first), then publish."""
-        copies = self._mirror_copies
-        if copies is not None:
-            copies[_sync.load_u64(self._seq_addr) % self.nslots]()
-        self._synchronize()
-        return super().publish(frame_id, origin_ns)
-
-    def write(self, value, frame_id: int | None = None, origin_ns: int = 0) -> int:
-        """Copy ``value`` (host or device array) into the next slot and publish it."""
-        self.backend.upload(self.next_slot(), value)
-        return self.publish(frame_id or 0, origin_ns)
-
-    def _snapshot(self, view, out):
-        """A private device copy of ``view`` (zeros for ``None``), complete when returned."""
-        if out is not None:
-            raise ValueError("out is supported only for host reads; a device read returns a new device "
-                             "array (use read_host() for NumPy)")
-        if view is None:
-            return self.xp.zeros(self.shape, self.dtype)
-        copy = view.copy()
-        self._synchronize()
-        return copy
-
-    def read_host(self) -> np.ndarray:
-        return self.backend.to_numpy(self.read())
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self._mirror_copies = None
-        self.host_views = None
-        if self._unpin is not None:
-            self._unpin()
-            self._unpin = None
-        key = _LocalAllocations.key(self.segment)
-        super().close()
-        _LocalAllocations.release(key, self._allocation)
-
-
-class HostStreamOnDevice:
-    """A CPU stream read by a GPU kernel: the views it hands out are one device buffer, refilled
-    from the host slot (an async upload on the current CUDA stream) when the count changes.
-
-    It has the reader side of ``Stream`` (``count``, ``wait_once``, ``latest``,
-    ``view_of``, ``slot_metadata``, ``still_valid``...): everything but the
-    views is the host stream's.  The caller checks ``still_valid`` after its
-    device work is done, which covers the upload too.
-    """
-
-    def __init__(self, stream: Stream, backend):
-        self.stream = stream
-        self._buffer = backend.xp.zeros(stream.shape, stream.dtype)
-        self._uploads = tuple(backend.copier_to_device(self._buffer, host) for host in stream.slot_views)
-        self._unpin = backend.pin(stream.segment.bytes[layout.HEADER_SIZE:])
-        self._uploaded = 0
-        self.slot_views = (self._buffer,) * stream.nslots
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-    def view_of(self, count: int):
-        if count != self._uploaded:
-            self._uploads[(count - 1) % self.stream.nslots]()
-            self._uploaded = count
-        return self._buffer
-
-    def latest(self):
-        count = self.stream.count
-        return (count, self.view_of(count)) if count else (0, None)
-
-    def close(self) -> None:
-        if self._unpin is not None:
-            self._unpin()
-            self._unpin = None
-        self.slot_views = ()
-        self.stream.close()
-
-
-def _attach_device_memory(segment: Segment, name: str, gpu_device):
-    """(backend, allocation) of a GPU stream's payload ring, mapped into this process."""
-    recorded = segment.header_str(layout.H_GPU_DEVICE)
-    if isinstance(gpu_device, str) and device.gpu_device_index(gpu_device) != device.gpu_device_index(recorded):
-        raise ValueError(f"GPU stream {name!r} lives on {recorded}, not on {gpu_device}")
-    backend = device.backend(segment.header_str(layout.H_DEVICE_BACKEND))
-    allocation = _LocalAllocations.share(segment)
-    if allocation is None:
-        if not segment.owner_alive():
-            raise FileNotFoundError(
-                f"GPU stream {name!r}: its creator is gone, and its device memory with it")
-        allocation = backend.open(device.gpu_device_index(recorded), segment.header(layout.H_DEVICE_HANDLE),
-                                  segment.header(layout.H_DEVICE_NBYTES))
-        _LocalAllocations.adopt(segment, allocation)
-    return backend, allocation
-
-
-class _LocalAllocations:
-    """Device allocations this process created or opened, shared by its handles on one stream.
-
-    CUDA cannot open an IPC handle in the process that made it, and every
-    handle of one process should map a stream's memory once; the memory is
-    released when the last handle closes.
-    """
-
-    _table: dict = {}  # (segment file, creation time) -> [allocation, handles]
-
-    @staticmethod
-    def key(segment: Segment) -> tuple:
-        return segment.name, segment.header(layout.H_CREATED_WALL_NS), segment.header(layout.H_OWNER_PID)
-
-    @classmethod
-    def adopt(cls, segment: Segment, allocation) -> None:
-        cls._table[cls.key(segment)] = [allocation, 1]
-
-    @classmethod
-    def share(cls, segment: Segment):
-        entry = cls._table.get(cls.key(segment))
-        if entry is None:
-            return None
-        entry[1] += 1
-        return entry[0]
-
-    @classmethod
-    def release(cls, key: tuple, allocation) -> None:
-        entry = cls._table.get(key)
-        if entry is None or entry[0] is not allocation:
-            allocation.release()
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            del cls._table[key]
-            allocation.release()
 
 
 def stale_once_unheld(segment: Segment) -> bool:
@@ -590,3 +584,7 @@ def segment_is_stale(name: str) -> bool:
         return stale_once_unheld(segment)
     finally:
         segment.close()
+
+
+# The device side (imported last: it builds on Stream).
+from .device_stream import DeviceStream, LocalAllocations, attach_device_memory  # noqa: E402
