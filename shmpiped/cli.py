@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 
@@ -16,7 +15,7 @@ import click
 
 from . import __version__
 from .errors import ConfigValidationError, SystemLimitError, WorkerProcessError
-from .service.daemon import EXIT_CANT_CREATE, EXIT_CONFIG, EXIT_PIPELINE_FAILED, EXIT_UNAVAILABLE
+from .service.daemon import EXIT_CONFIG, EXIT_PIPELINE_FAILED, EXIT_UNAVAILABLE
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -219,27 +218,9 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
     )
     daemon = Daemon(settings)
     status = daemon.run()
-    if status == EXIT_CANT_CREATE:
-        _explain_no_room(getattr(daemon, "config", None))
     if json_status and daemon.final_snapshot is not None:
         click.echo(json.dumps(daemon.final_snapshot, indent=2, sort_keys=True, default=str))
     sys.exit(status)
-
-
-def _explain_no_room(config) -> None:
-    """After exit 73: when the pipeline does not fit /dev/shm, one more record with the total it needs
-    and how to give it that (the daemon's record names only the segment that failed)."""
-    from .shm import layout
-    from .shm_inventory import no_room_message, shm_footprint
-
-    if config is None:
-        return
-    try:
-        fs = os.statvfs(layout.DEV_SHM)
-    except OSError:
-        return
-    if fs.f_bavail * fs.f_frsize < shm_footprint(config)["total"]:
-        logging.getLogger("shmpiped.daemon").error("%s", no_room_message(config))
 
 
 # ---------------------------------------------------------------------- ctl

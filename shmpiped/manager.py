@@ -37,6 +37,7 @@ from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpu
 from .shm import layout
 from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
+from .shm_inventory import check_room
 from .state import PipelineState
 from .streams import (
     default_notify,
@@ -177,6 +178,7 @@ class PipelineManager:
             if errors:
                 raise ConfigValidationError(errors[0], errors=errors)
             self._check_loadable(self.config.kernels)
+            check_room(self.config, self.slots)  # before anything exists: the total needed, and the fix
             block = NamespaceBlock.acquire(self.config.namespace, shared=self.shares_namespace)
             created: list[Stream] = []
             opened: list[Stream] = []

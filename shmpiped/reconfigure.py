@@ -27,13 +27,13 @@ manager's insides under its lock; it is its only other user.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
 from .config import PipelineConfig
 from .errors import ConfigValidationError, SharedMemoryError, WorkerProcessError
 from .shm import layout
+from .shm_inventory import room_left, stream_bytes
 from .streams import default_notify, provision_stream, record_producers, write_initial_value
 
 log = logging.getLogger("shmpiped.manager")
@@ -101,21 +101,11 @@ def plan(old: PipelineConfig, new: PipelineConfig, down: set[str] = frozenset())
     )
 
 
-def segment_bytes(spec, slots: int) -> int:
-    """Bytes a stream of ``spec`` takes in /dev/shm (its host segment; device memory is not there)."""
-    nbytes = spec.nbytes
-    host_payload = spec.storage != "gpu" or bool(spec.cpu_mirror)
-    return layout.HEADER_SIZE + slots * layout.slot_stride(nbytes if host_payload else 0)
-
-
 def check_room(specs, slots: int) -> None:
-    """Raise SharedMemoryError, naming the total and the room left, when these streams cannot fit."""
-    needed = sum(segment_bytes(spec, slots) for spec in specs)
-    if not needed:
-        return
-    stat = os.statvfs(layout.DEV_SHM)
-    free = stat.f_bavail * stat.f_frsize
-    if needed > free:
+    """Raise SharedMemoryError, naming the total and the room left, when these new streams cannot fit."""
+    needed = sum(stream_bytes(spec, slots) for spec in specs)
+    free = room_left()
+    if needed and free is not None and needed > free:
         raise SharedMemoryError(
             28, f"the new streams need {needed / 2**20:.1f} MiB in {layout.DEV_SHM} and only "
                 f"{free / 2**20:.1f} MiB are free; make room (docker --shm-size, or a smaller pipeline)")

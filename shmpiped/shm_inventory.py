@@ -22,6 +22,7 @@ namespace's marker, of the same size.  A stream is a 4 KiB header and ``slots``
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from dataclasses import dataclass, field
@@ -157,18 +158,46 @@ def remove_segments(namespace: str | None = None, force: bool = False) -> Remova
 # ----------------------------------------------------------------------------- footprint
 
 
+def stream_bytes(spec, slots: int = layout.DEFAULT_SLOTS) -> int:
+    """Bytes of /dev/shm one stream of ``spec`` takes (a GPU stream without a mirror keeps no payload there)."""
+    nbytes = int(math.prod(spec.shape)) * spec.dtype.itemsize
+    on_host = spec.storage != "gpu" or bool(spec.cpu_mirror)
+    return layout.HEADER_SIZE + slots * layout.slot_stride(nbytes if on_host else 0)
+
+
 def shm_footprint(config, slots: int = layout.DEFAULT_SLOTS) -> dict:
     """Bytes of /dev/shm a pipeline (a PipelineConfig) takes at most: ``{"namespace_block", "streams":
-    {name: bytes}, "total"}``."""
+    {name: bytes}, "total"}`` (in a shared namespace, the pipeline's own block and the 4 KiB marker)."""
     from .shm.telemetry import NamespaceBlock
 
-    blocks = NamespaceBlock.SIZE * (2 if config.namespace is None else 1)
-    streams = {}
-    for spec in config.shared_memory:
-        nbytes = int(math.prod(spec.shape)) * spec.dtype.itemsize
-        on_host = spec.storage != "gpu" or bool(spec.cpu_mirror)
-        streams[spec.name] = layout.HEADER_SIZE + slots * layout.slot_stride(nbytes if on_host else 0)
+    blocks = NamespaceBlock.SIZE + (layout.HEADER_SIZE if config.namespace is None else 0)
+    streams = {spec.name: stream_bytes(spec, slots) for spec in config.shared_memory}
     return {"namespace_block": blocks, "streams": streams, "total": blocks + sum(streams.values())}
+
+
+def room_left(path: str = layout.DEV_SHM) -> int | None:
+    """Bytes free in ``path`` (None when it cannot be inspected)."""
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return None
+    return fs.f_bavail * fs.f_frsize
+
+
+def check_room(config, slots: int = layout.DEFAULT_SLOTS) -> None:
+    """Raise SharedMemoryError (saying the total and the fix) when the segments ``config`` would create
+    do not fit /dev/shm; segments that exist already (kept streams, the namespace's block) need no room."""
+    from .errors import SharedMemoryError
+
+    footprint = shm_footprint(config, slots)
+    existing = set(os.listdir(layout.DEV_SHM)) if os.path.isdir(layout.DEV_SHM) else set()
+    needed = sum(size for name, size in footprint["streams"].items()
+                 if layout.stream_segment_name(config.namespace, name) not in existing)
+    if layout.namespace_segment_name(config.namespace) not in existing or config.namespace is None:
+        needed += footprint["namespace_block"]
+    free = room_left()
+    if free is not None and needed > free:
+        raise SharedMemoryError(errno.ENOSPC, no_room_message(config, slots))
 
 
 def _mib(nbytes: int) -> str:

@@ -164,7 +164,6 @@ class Daemon:
         for request, future in pending:
             command = request.get("command")
             if command == "reload":
-                self._log_command(request)
                 self._reload_answers.append(future)
                 self._reload_requested = True
             elif reloading and command != "status":
@@ -184,15 +183,8 @@ class Daemon:
             else:
                 future.set_result(result)
 
-    @staticmethod
-    def _log_command(request: dict) -> None:
-        peer = request.get("_peer", {})
-        log.info("control: %s from pid %s uid %s", request.get("command"), peer.get("pid"), peer.get("uid"))
-
     def _command(self, request: dict):
-        command = request.get("command")
-        if command != "status":
-            self._log_command(request)
+        command = request.get("command")  # the control server has logged who asked for what
         manager = self.manager
         if command == "status":
             return self._published.snapshot if self._published else manager.runtime_snapshot()

@@ -90,7 +90,8 @@ class NamespaceBlock:
                 except BlockingIOError:
                     raise NamespaceBusyError(describe_busy_namespace(namespace)) from None
             try:
-                marker = Segment.open_or_create_shared(name, cls.SIZE, initialise)
+                # The marker only keeps claimants out: a header is all it needs.
+                marker = Segment.open_or_create_shared(name, layout.HEADER_SIZE, initialise)
             except BlockingIOError:
                 raise NamespaceBusyError(describe_busy_namespace(namespace)) from None
             try:
