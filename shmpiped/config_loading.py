@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
@@ -244,7 +245,12 @@ def read_config_text(path: str | os.PathLike) -> str:
     """
     source = str(path)
     try:
-        with open(path, "rb") as handle:
+        # O_NONBLOCK: a named pipe nobody writes would block the open; it is refused below instead.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigValidationError(f"pipeline config {source} is not a regular file")
+            os.set_blocking(fd, True)
             data = handle.read(limits.MAX_FILE_BYTES + 1)
     except FileNotFoundError as exc:
         raise ConfigValidationError(f"pipeline config file not found: {source}") from exc

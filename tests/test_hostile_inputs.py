@@ -315,3 +315,11 @@ if __name__ == "__main__":  # write the files, for measuring them by hand
     target.mkdir(parents=True, exist_ok=True)
     for case in hostile_cases():
         print(write_case(target, case))
+
+
+def test_a_named_pipe_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "pipeline.yaml"
+    os.mkfifo(fifo)  # nobody writes it: reading it would block forever
+    result = shmpiped("validate", str(fifo))
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert f"{fifo} is not a regular file" in result.stdout + result.stderr
