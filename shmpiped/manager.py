@@ -651,23 +651,21 @@ class PipelineManager:
     def _start_sink(self, config) -> None:
         from .endpoints import SinkController
 
-        streams = {name: self.streams[name] for name in (config.stream, *config.outputs)}
-        auxiliary = {b.alias: self.streams[b.name] for b in config.auxiliary}
-        plugin = self.registry.create_sink(config, self.config.streams_by_name, auxiliary,
-                                           config_base_dir=str(self.config.base_path))
-        controller = SinkController(config, plugin, streams, self._pause_event)
-        self._sinks[config.name] = controller
-        controller.start()
+        self._start_endpoint(config, (config.stream, *config.outputs), self.registry.create_sink, SinkController,
+                             self._sinks)
 
     def _start_source(self, config) -> None:
         from .endpoints import SourceController
 
-        streams = {name: self.streams[name] for name in config.streams}
+        self._start_endpoint(config, config.streams, self.registry.create_source, SourceController, self._sources)
+
+    def _start_endpoint(self, config, stream_names, create, controller_class, table: dict) -> None:
+        """Build a source or sink plugin on its streams and start its controller thread."""
+        streams = {name: self.streams[name] for name in stream_names}
         auxiliary = {b.alias: self.streams[b.name] for b in config.auxiliary}
-        plugin = self.registry.create_source(config, self.config.streams_by_name, auxiliary,
-                                             config_base_dir=str(self.config.base_path))
-        controller = SourceController(config, plugin, streams, self._pause_event)
-        self._sources[config.name] = controller
+        plugin = create(config, self.config.streams_by_name, auxiliary, config_base_dir=str(self.config.base_path))
+        controller = controller_class(config, plugin, streams, self._pause_event)
+        table[config.name] = controller
         controller.start()
 
     def _stop_endpoints(self, names, timeout: float = 5.0) -> None:

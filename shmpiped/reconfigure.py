@@ -26,6 +26,7 @@ manager's insides under its lock; it is its only other user.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ def check_room(specs, slots: int) -> None:
     free = room_left()
     if needed and free is not None and needed > free:
         raise SharedMemoryError(
-            28, f"the new streams need {needed / 2**20:.1f} MiB in {layout.DEV_SHM} and only "
+            errno.ENOSPC, f"the new streams need {needed / 2**20:.1f} MiB in {layout.DEV_SHM} and only "
                 f"{free / 2**20:.1f} MiB are free; make room (docker --shm-size, or a smaller pipeline)")
 
 
