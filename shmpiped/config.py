@@ -5,8 +5,9 @@ sources and sinks, the ``PipelineConfig`` that groups them, their derived
 views (``all_inputs``, ``output_streams``, ``shared_memory_by_name`` ...), the
 round trip back to a plain mapping (``to_dict``) and ``locate``, which appends
 ``(in <file>, line N)`` to a message about an entry.  The keys of the file
-format (``TOP_LEVEL_KEYS`` ...) are listed here too: they are the model's
-fields as written in YAML.
+format (``TOP_LEVEL_KEYS`` ...) are ``config_keys``', re-exported here; the
+real-time block's model is ``config_realtime``'s (``RealtimeConfig``,
+``effective_realtime``), re-exported too.
 
 Reading and validating YAML or a mapping is ``config_loading``'s job:
 ``from_yaml`` and every ``from_dict`` delegate to it, so a file is read and
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .config_realtime import RealtimeConfig, checked_override, effective_realtime
 from .errors import ConfigValidationError
 
 __all__ = [
@@ -38,40 +40,28 @@ __all__ = [
     "InitialValueConfig",
     "KernelConfig",
     "PipelineConfig",
+    "RealtimeConfig",
     "SharedMemoryConfig",
     "SinkConfig",
     "SourceConfig",
     "SynchronizationConfig",
+    "effective_realtime",
     "gpu_device_index",
     "load_yaml",
 ]
 
-TOP_LEVEL_KEYS = ("shared_memory", "kernels", "sources", "sinks", "namespace")
-STREAM_KEYS = (
-    "name", "shape", "dtype", "storage", "gpu_device", "cpu_mirror", "notify", "mode", "initial",
+from .config_keys import (  # noqa: E402,F401 - the file format's keys, re-exported
+    INITIAL_KEYS,
+    KERNEL_KEYS,
+    SINK_KEYS,
+    SOURCE_KEYS,
+    STREAM_KEYS,
+    STREAM_MODES,
+    SYNCHRONIZATION_KEYS,
+    SYNCHRONIZATION_MODES,
+    TOP_LEVEL_KEYS,
+    TRIGGER_POLICIES,
 )
-KERNEL_KEYS = (
-    "name", "kind", "input", "inputs", "output", "outputs", "auxiliary", "operation",
-    "parameters", "read_timeout", "pause_sleep", "poll_interval", "trigger_policy",
-    "synchronization", "propagate_frame_id",
-)
-SOURCE_KEYS = (
-    "name", "kind", "stream", "streams", "auxiliary", "parameters", "poll_interval", "read_timeout",
-)
-SINK_KEYS = (
-    "name", "kind", "stream", "outputs", "auxiliary", "parameters", "read_timeout", "pause_sleep",
-    "consume_timeout",
-)
-SYNCHRONIZATION_KEYS = ("mode", "on_skew", "max_skew_generations", "max_wait_s", "timeout")
-STREAM_MODES = ("create", "attach", "create_or_attach", "replace")
-TRIGGER_POLICIES = ("any_new", "all_new")
-SYNCHRONIZATION_MODES = ("count", "matching_frame_id")
-INITIAL_KEYS = {
-    "constant": ("pattern", "value"),
-    "normal": ("pattern", "seed", "mean", "std"),
-    "values": ("pattern", "values"),
-    "identity": ("pattern", "scale"),
-}
 
 
 def _loading():
@@ -292,6 +282,10 @@ def _auxiliary_to_yaml(bindings: tuple[AuxiliaryBinding, ...]) -> list | dict:
     return {b.alias: b.name for b in bindings}
 
 
+def _realtime_to_yaml(override: dict) -> dict:
+    return {"realtime": dict(override)} if override else {}
+
+
 class _AuxiliaryMixin:
     """Auxiliary-binding accessors shared by kernels, sources and sinks."""
 
@@ -334,6 +328,8 @@ class KernelConfig(_AuxiliaryMixin):
     line: int | None = field(default=None, compare=False)
     input: str | None = field(default=None, repr=False)
     output: str | None = field(default=None, repr=False)
+    cpu: int | None = None              # pin this worker to that CPU (issue 13)
+    realtime: dict = field(default_factory=dict)  # override of the pipeline's realtime settings
 
     def __post_init__(self) -> None:
         inputs = _streams(f"kernel {self.name!r}", self.inputs, self.input, "input")
@@ -349,6 +345,7 @@ class KernelConfig(_AuxiliaryMixin):
             set_(self, "trigger_policy", "all_new" if len(inputs) > 1 else "any_new")
         if self.synchronization is None:
             set_(self, "synchronization", SynchronizationConfig())
+        set_(self, "realtime", checked_override(f"kernel {self.name!r}", self.realtime))
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> KernelConfig:
@@ -395,6 +392,7 @@ class KernelConfig(_AuxiliaryMixin):
             synchronization=self.synchronization.to_dict(),
             propagate_frame_id=self.propagate_frame_id,
         )
+        out.update({} if self.cpu is None else {"cpu": self.cpu}, **_realtime_to_yaml(self.realtime))
         return out
 
 
@@ -414,6 +412,8 @@ class SourceConfig(_AuxiliaryMixin):
     read_timeout: float | None = None
     line: int | None = field(default=None, compare=False)
     stream: str | None = field(default=None, repr=False)
+    process: bool = False               # run in a process of its own (issue 13), with the realtime settings
+    realtime: dict = field(default_factory=dict)  # override of the pipeline's realtime settings
 
     def __post_init__(self) -> None:
         streams = _streams(f"source {self.name!r}", self.streams, self.stream, "stream")
@@ -421,6 +421,7 @@ class SourceConfig(_AuxiliaryMixin):
         object.__setattr__(self, "stream", streams[0])
         object.__setattr__(self, "auxiliary", _bindings(self.auxiliary))
         object.__setattr__(self, "parameters", dict(self.parameters or {}))
+        object.__setattr__(self, "realtime", checked_override(f"source {self.name!r}", self.realtime))
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> SourceConfig:
@@ -438,6 +439,7 @@ class SourceConfig(_AuxiliaryMixin):
         out.update(parameters=copy.deepcopy(self.parameters), poll_interval=self.poll_interval)
         if self.read_timeout is not None:
             out["read_timeout"] = self.read_timeout
+        out.update({"process": True} if self.process else {}, **_realtime_to_yaml(self.realtime))
         return out
 
 
@@ -509,10 +511,13 @@ class PipelineConfig:
     namespace: str | None = None
     base_path: Path = field(default_factory=_cwd)
     source_path: Path | None = field(default=None, compare=False)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
 
     def __post_init__(self) -> None:
         for key in ("kernels", "sources", "sinks"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
+        if not isinstance(self.realtime, RealtimeConfig):
+            object.__setattr__(self, "realtime", RealtimeConfig.from_dict(self.realtime))
         streams = tuple(
             spec if spec.namespace == self.namespace
             else dataclasses.replace(spec, namespace=self.namespace)
@@ -550,7 +555,14 @@ class PipelineConfig:
         out["kernels"] = [kernel.to_dict() for kernel in self.kernels]
         out["sources"] = [source.to_dict() for source in self.sources]
         out["sinks"] = [sink.to_dict() for sink in self.sinks]
+        if not self.realtime.is_default:
+            out["realtime"] = self.realtime.to_dict()
         return out
+
+    def realtime_for(self, node: Any) -> RealtimeConfig:
+        """The real-time settings kernel or source ``node`` (an entry or its name) runs with."""
+        entry = self.node(node) if isinstance(node, str) else node
+        return effective_realtime(self.realtime, getattr(entry, "realtime", None))
 
     # -- look-ups --------------------------------------------------------------------
 

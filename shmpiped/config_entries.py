@@ -42,6 +42,15 @@ from .config_limits import (
     namespace_problem,
     short_repr,
 )
+from .config_realtime import (
+    OVERRIDE_KEYS,
+    PIPELINE_ONLY_KEYS,
+    REALTIME_KEYS,
+    RealtimeConfig,
+    field_problem,
+    normalised_value,
+)
+from .errors import ConfigValidationError
 
 # --------------------------------------------------------------------------- field parsers
 
@@ -374,6 +383,58 @@ def _timings(entry: _Entry, owner: str, **defaults: float | None) -> dict[str, A
             for key, default in defaults.items()}
 
 
+# -- real time (issue 13) -----------------------------------------------------------------
+
+
+def _realtime_fields(entry: _Entry, key: str, what: str, allowed: tuple[str, ...]) -> dict | Any:
+    """The ``key`` mapping of ``entry`` read as realtime fields: ``{field: value}`` normalised,
+    ``{}`` when absent, ``_BAD`` when anything is wrong (each problem reported at its line)."""
+    raw = entry.raw.get(key)
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        entry.fail(f"{what} must be a mapping of {', '.join(allowed)}", key)
+        return _BAD
+    sub = _Entry(raw, entry.report, parent=entry, line=entry.line_of(key))
+    misplaced = [name for name in PIPELINE_ONLY_KEYS if name in raw and name not in allowed]
+    if misplaced:
+        listed = " and ".join(repr(name) for name in misplaced)
+        sub.fail(f"{what} cannot set {listed}: cpus and required are the whole pipeline's (set them in the top-level "
+                 "realtime block; pin one kernel with its own 'cpu' key)", misplaced[0])
+    sub.reject_unknown(allowed + tuple(misplaced), what)
+    values = {}
+    for name in allowed:
+        if name in raw and raw[name] is not None:
+            problem = field_problem(name, raw[name])
+            if problem:
+                sub.fail(f"{what} {problem}", name)
+            else:
+                values[name] = normalised_value(name, raw[name])
+    return values if sub.ok else _BAD
+
+
+def parse_realtime_block(entry: _Entry) -> RealtimeConfig | Any:
+    """The top-level ``realtime:`` block: a ``RealtimeConfig`` (the defaults when absent), or ``_BAD``."""
+    values = _realtime_fields(entry, "realtime", "realtime", REALTIME_KEYS)
+    if values is _BAD:
+        return _BAD
+    line = entry.line_of("realtime") if entry.has("realtime") else None
+    try:
+        return RealtimeConfig(**values, line=line)
+    except ConfigValidationError as exc:  # the rule across fields: a priority for policy other
+        sub_lines = getattr(entry.raw.get("realtime"), "key_lines", None) or {}
+        entry.report(str(exc), sub_lines.get("priority", line))
+        return _BAD
+
+
+def _cpu(owner: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if not _is_integer(value) or value < 0:
+            raise _Invalid(f"cpu for {owner} must be a CPU number (an integer from 0), got {short_repr(value)}")
+        return int(value)
+    return parse
+
+
 def _parse_kernel(entry: _Entry) -> KernelConfig | None:
     _reject_both(entry, "kernel", ("input", "inputs"), ("output", "outputs"))
     start = _node_start(entry, "kernel", KERNEL_KEYS)
@@ -390,6 +451,8 @@ def _parse_kernel(entry: _Entry) -> KernelConfig | None:
     trigger_policy = entry.get("trigger_policy", _choice(TRIGGER_POLICIES, policy_error))
     synchronization = _synchronization(entry, owner)
     propagate = entry.get("propagate_frame_id", _boolean(f"propagate_frame_id for {owner}"), False)
+    cpu = entry.get("cpu", _cpu(owner))
+    realtime = _realtime_fields(entry, "realtime", f"realtime for {owner}", OVERRIDE_KEYS)
     if trigger_policy is None and isinstance(inputs, tuple):
         trigger_policy = "all_new" if len(inputs) > 1 else "any_new"
     if all(isinstance(value, tuple) for value in (inputs, outputs, auxiliary)) and (
@@ -403,7 +466,7 @@ def _parse_kernel(entry: _Entry) -> KernelConfig | None:
         name=name, kind=kind, inputs=inputs, outputs=outputs, auxiliary=auxiliary,
         operation=operation, parameters=parameters, trigger_policy=trigger_policy,
         synchronization=synchronization, propagate_frame_id=propagate, line=entry.line,
-        **timings,
+        cpu=cpu, realtime=realtime, **timings,
     )
 
 
@@ -436,10 +499,15 @@ def _parse_source(entry: _Entry) -> SourceConfig | None:
     auxiliary = _checked_auxiliary(entry, owner)
     parameters = entry.get("parameters", _parameters(owner), {})
     timings = _timings(entry, owner, poll_interval=0.01, read_timeout=None)
+    process = entry.get("process", _boolean(f"process for {owner}"), False)
+    realtime = _realtime_fields(entry, "realtime", f"realtime for {owner}", OVERRIDE_KEYS)
+    if realtime and process is False:
+        entry.fail(f"realtime for {owner} applies only to a source that runs in its own process: add "
+                   "'process: true' to it (a source thread shares the daemon's scheduling)", "realtime")
     if not entry.ok:
         return None
     return SourceConfig(name=name, kind=kind, streams=streams, auxiliary=auxiliary,
-                        parameters=parameters, line=entry.line, **timings)
+                        parameters=parameters, line=entry.line, process=process, realtime=realtime, **timings)
 
 
 def _parse_sink(entry: _Entry) -> SinkConfig | None:

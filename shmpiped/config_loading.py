@@ -30,7 +30,14 @@ from typing import Any, Callable
 import yaml
 
 from . import config_limits as limits
-from .config import TOP_LEVEL_KEYS, InitialValueConfig, PipelineConfig, SynchronizationConfig, _where
+from .config import (
+    TOP_LEVEL_KEYS,
+    InitialValueConfig,
+    PipelineConfig,
+    RealtimeConfig,
+    SynchronizationConfig,
+    _where,
+)
 from .config_entries import (
     _BAD,
     _Entry,
@@ -41,7 +48,9 @@ from .config_entries import (
     _parse_source,
     _Report,
     _synchronization,
+    parse_realtime_block,
 )
+from .config_realtime import effective_realtime
 from .config_stream_entries import _initial, _parse_stream
 from .errors import ConfigValidationError
 
@@ -53,6 +62,7 @@ __all__ = [
     "parse_yaml",
     "pipeline_from_mapping",
     "read_config_text",
+    "realtime_from_mapping",
     "synchronization_from_mapping",
     "whole_config_errors_of",
 ]
@@ -392,6 +402,14 @@ def synchronization_from_mapping(raw: Any, owner: str) -> SynchronizationConfig:
     return synchronization
 
 
+def realtime_from_mapping(raw: Any) -> RealtimeConfig:
+    """A pipeline's ``realtime:`` mapping, validated (None gives the defaults)."""
+    report = _Report(None)
+    realtime = parse_realtime_block(_Entry({"realtime": raw}, report))
+    _raise_reported(report)
+    return realtime
+
+
 # --------------------------------------------------------------------------- whole pipelines
 
 
@@ -424,6 +442,8 @@ def whole_config_errors_of(config: PipelineConfig) -> list[str]:
         {spec.name for spec in config.shared_memory},
         lambda message, line: message + _where(config.source_path, line),
     )
+    errors.extend(realtime_errors(config.realtime, config.kernels, config.sources,
+                                  lambda message, line: message + _where(config.source_path, line)))
     if config.namespace is not None:
         try:
             _namespace(config.namespace)
@@ -468,6 +488,7 @@ def _build(data: Mapping, base_path: Path, source_path: Path | None,
         report(f"pipeline config contains unsupported fields: {listed}", min(lines, default=None))
     namespace = top.get("namespace", _namespace)
     namespace = None if namespace is _BAD else namespace
+    realtime = parse_realtime_block(top)
 
     shared_memory = data.get("shared_memory")
     if not isinstance(shared_memory, (list, tuple)) or not shared_memory:
@@ -504,12 +525,39 @@ def _build(data: Mapping, base_path: Path, source_path: Path | None,
         lambda message, line: limits.bounded_message(message) + _where(source_path, line),
     ):
         report.add_located(message)
+    if realtime is not _BAD:
+        for message in realtime_errors(realtime, parsed["kernels"], parsed["sources"],
+                                       lambda message, line: message + _where(source_path, line)):
+            report.add_located(message)
     _raise_reported(report)
     return PipelineConfig(
         shared_memory=tuple(streams), kernels=tuple(parsed["kernels"]),
         sources=tuple(parsed["sources"]), sinks=tuple(parsed["sinks"]), namespace=namespace,
-        base_path=base_path, source_path=source_path,
+        base_path=base_path, source_path=source_path, realtime=realtime,
     )
+
+
+def realtime_errors(realtime: RealtimeConfig, kernels, sources,
+                    locate: Callable[[str, int | None], str]) -> list[str]:
+    """The real-time checks across entries: each node's merged settings hold together (a priority
+    only for fifo/rr), and a kernel's ``cpu`` is one of ``realtime.cpus`` when those are given.
+
+    Whether a CPU exists is not checked here: a pipeline file moves between
+    machines (``shmpiped.realtime.cpu_problems`` checks it where it runs).
+    """
+    errors = []
+    for entry, label in [(kernel, "kernel") for kernel in kernels] + [(source, "source") for source in sources]:
+        try:
+            effective_realtime(realtime, entry.realtime)
+        except ConfigValidationError as exc:
+            errors.append(locate(f"realtime for {label} {entry.name!r}: {str(exc).removeprefix('realtime ')}",
+                                 entry.line))
+        cpu = getattr(entry, "cpu", None)
+        if cpu is not None and realtime.cpus is not None and cpu not in realtime.cpus:
+            errors.append(locate(
+                f"kernel {entry.name!r} is pinned to cpu {cpu}, which is not one of realtime.cpus "
+                f"{list(realtime.cpus)}: add it there or pin the kernel to one of them", entry.line))
+    return errors
 
 
 def _whole_config_errors(streams, kernels, sources, sinks, base_path: Path,

@@ -849,7 +849,7 @@ def test_every_field_error_of_one_stream_is_reported():
 @pytest.mark.parametrize("fields, message", [
     ({"inputs": ["b"]}, "kernel entry must use either 'input' or 'inputs', not both"),
     ({"outputs": ["b"]}, "kernel entry must use either 'output' or 'outputs', not both"),
-    ({"cpu": 3, "affinity": 1}, "kernel entry contains unsupported fields: 'affinity', 'cpu'"),
+    ({"cores": 3, "affinity": 1}, "kernel entry contains unsupported fields: 'affinity', 'cores'"),
     ({"name": DROP}, "kernel name must be a non-empty string"),
     ({"name": " "}, "kernel name must be a non-empty string"),
     ({"kind": DROP}, "kind for kernel 'k' must be a non-empty string"),
