@@ -348,20 +348,25 @@ class PipelineManager:
         with self._lock:
             self.poll_events()
             self._require("restart workers", PipelineState.RUNNING, PipelineState.PAUSED, PipelineState.FAILED)
+            sources = self._source_processes()
             if workers is not None:
                 names = list(workers)
-                unknown = [n for n in names if n not in self.kernel_configs]
+                unknown = [n for n in names if n not in self.kernel_configs and n not in sources]
                 if unknown:
                     raise KeyError(f"unknown worker: {', '.join(repr(n) for n in unknown)}")
             else:
                 names = [n for n in self.workers if not self.workers[n].alive]
                 names += [f["kernel"] for f in self._failures
                           if f.get("component_type", "worker") == "worker" and f["kernel"] not in names]
+                names += [n for n, s in sources.items() if s.failure is not None or not s.alive]
             if not names:
                 log.info("restart: every worker is healthy, nothing to do")
                 return []
+            wait_s = timeout if timeout is not None else self.worker_start_timeout
+            for name in [n for n in names if n in sources]:
+                self._restart_source_process(name, wait_s, wait)
             handles = []
-            for name in names:
+            for name in [n for n in names if n not in sources]:
                 old = self.workers.get(name)
                 if old is not None:
                     self._stop_workers([old], timeout=1.0, force=True)
@@ -373,7 +378,7 @@ class PipelineManager:
                 self._event("worker_restarted", kernel=name, pid=handle.pid, restarts=self._restart_counts[name])
                 handles.append(handle)
             if wait:
-                self._wait_started(handles, timeout if timeout is not None else self.worker_start_timeout)
+                self._wait_started(handles, wait_s)
             if self._state == PipelineState.FAILED and not self._failures:
                 paused = self._pause_event.is_set()
                 self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, "workers restarted")
@@ -655,9 +660,31 @@ class PipelineManager:
                              self._sinks)
 
     def _start_source(self, config) -> None:
+        if getattr(config, "process", False):  # in a process of its own, with its real-time settings
+            from .source_process import SourceProcess
+
+            source = SourceProcess(config, self.config, self._pool, self.registry.get_source(config.kind),
+                                   self._event)
+            self._sources[config.name] = source
+            source.start()
+            source.wait_started(self.worker_start_timeout)
+            return
         from .endpoints import SourceController
 
         self._start_endpoint(config, config.streams, self.registry.create_source, SourceController, self._sources)
+
+    def _source_processes(self) -> dict:
+        """The sources that run in processes of their own, by name (restarted like workers)."""
+        return {name: s for name, s in self._sources.items() if getattr(s, "process_based", False)}
+
+    def _restart_source_process(self, name: str, timeout: float, wait: bool) -> None:
+        source = self._sources[name]
+        source.respawn()
+        self._failures = [f for f in self._failures if f.get("kernel") != name]
+        self._endpoint_failures_seen.discard(name)
+        self._event("source_restarted", kernel=name, pid=source.pid, restarts=source.restarts)
+        if wait:
+            source.wait_started(timeout)
 
     def _start_endpoint(self, config, stream_names, create, controller_class, table: dict) -> None:
         """Build a source or sink plugin on its streams and start its controller thread."""

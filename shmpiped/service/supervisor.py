@@ -19,6 +19,10 @@ them out (kill, restart, exit).  Nothing here touches processes or HTTP.
   longer than its watchdog timeout is hung: it is killed, then restarted like
   any failed worker.  The default timeout is ``max(5 s, 4 x read_timeout)``.
   A worker still ``starting`` after ``start_timeout_s`` is killed the same way.
+* A source that runs in a process of its own (``process: true``: its status
+  entry has ``process`` and ``health``) is restarted like a worker, within the
+  same back-off and budget; it has no watchdog (a source may block in its
+  plugin for as long as its device is silent; its ``read_timeout`` bounds that).
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ class Supervisor:
         kill = []
         restart = []
         policy = self.policy
-        for name, worker in status.get("workers", {}).items():
+        for name, worker, watched in _supervised(status):
             history = self._history[name]
             health = worker.get("health")
             if health in HEALTHY:
@@ -99,7 +103,7 @@ class Supervisor:
                     history.healthy_since = now
                 elif now - history.healthy_since >= policy.healthy_reset_s:
                     history.backoff_s = 0.0
-                age = worker.get("last_metric_age_s")
+                age = worker.get("last_metric_age_s") if watched else None
                 timeout = policy.watchdog_for(read_timeouts.get(name, 1.0))
                 if age is not None and age > timeout and status.get("state") == "running":
                     kill.append((name, f"no loop progress for {age:.1f} s (watchdog {timeout:g} s)"))
@@ -108,7 +112,7 @@ class Supervisor:
                 history.healthy_since = None
                 if history.starting_since is None:
                     history.starting_since = now
-                elif now - history.starting_since > policy.start_timeout_s:
+                elif watched and now - history.starting_since > policy.start_timeout_s:
                     kill.append((name, f"still starting after {policy.start_timeout_s:g} s"))
                     history.starting_since = None
                 continue
@@ -143,3 +147,13 @@ class Supervisor:
 
     def forget(self, name: str) -> None:
         self._history.pop(name, None)
+
+
+def _supervised(status: dict):
+    """(name, entry, watched) of each worker, then of each source running in a process of its own
+    (restarted like a worker; ``watched`` False: no watchdog, no start timeout)."""
+    for name, worker in status.get("workers", {}).items():
+        yield name, worker, True
+    for name, source in status.get("sources", {}).items():
+        if source.get("process") and "health" in source:
+            yield name, source, False
