@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 
-from . import measure, spawning
+from . import measure, realtime, spawning
 from . import status as status_parts
 from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
 from .errors import (
@@ -33,7 +33,7 @@ from .errors import (
     WorkerProcessError,
 )
 from .graph import PipelineGraph
-from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpus
+from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpus, place
 from .shm import layout
 from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
@@ -98,6 +98,7 @@ class PipelineManager:
         self._endpoint_failures_seen: set[str] = set()
         self._overruns_seen: dict[str, int] = {}
         self._viewers: list = []
+        self.realtime_problems: list[str] = []  # privileges the pipeline's real-time settings lack (build)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -178,6 +179,8 @@ class PipelineManager:
             if errors:
                 raise ConfigValidationError(errors[0], errors=errors)
             self._check_loadable(self.config.kernels)
+            # Its CPUs exist here, and its real-time privileges (required: refuse; else one warning).
+            self.realtime_problems = realtime.check_pipeline(self.config)
             check_room(self.config, self.slots)  # before anything exists: the total needed, and the fix
             block = NamespaceBlock.acquire(self.config.namespace, shared=self.shares_namespace)
             created: list[Stream] = []
@@ -205,6 +208,9 @@ class PipelineManager:
                 raise
             _shutdown_at_exit(self)
             self.streams = {s.name: s for s in created + opened}
+            prefaulted = realtime.prefault_streams(self.config, self.streams.values())  # with lock_memory
+            if prefaulted is not None:
+                self._event("streams_prefaulted", bytes=prefaulted[0], seconds=prefaulted[1])
             self._pool.block, self._pool.streams = block, self.streams  # the control block lives in the pool
             self.owned_streams = {s.name for s in created}
             self.kernel_configs = {k.name: k for k in self.config.kernels}
@@ -240,10 +246,11 @@ class PipelineManager:
             self._last_metrics.clear()
             self._pause_event.clear()
             self._block.set_paused(False)
-            if self.wait_strategy != "futex" and len(self.config.kernels) >= len(available_cpus()):
+            spinning = {self._wait_of(k)[0] for k in self.config.kernels} - {"futex"}
+            if spinning and len(self.config.kernels) >= len(available_cpus()):
                 log.warning("wait strategy %r spins: with %d workers on %d CPUs, spinning workers will "
                             "take CPU time from each other; it needs a dedicated core per worker",
-                            self.wait_strategy, len(self.config.kernels), len(available_cpus()))
+                            "/".join(sorted(spinning)), len(self.config.kernels), len(available_cpus()))
             try:
                 self._start_sinks()
                 for index, kernel in enumerate(self.config.kernels):
@@ -258,13 +265,20 @@ class PipelineManager:
             self._set_state(PipelineState.RUNNING, "workers started")
             return self
 
+    def _wait_of(self, kernel: KernelConfig) -> tuple[str, float]:
+        """A worker's wait strategy and spin time: its realtime ``wait``, else the manager's."""
+        settings = self.config.realtime_for(kernel)
+        return (settings.wait if settings.wait != "futex" else self.wait_strategy), settings.spin_s
+
     def _spawn(self, kernel: KernelConfig, index: int) -> WorkerHandle:
-        cpu_slot = self.placement_policy.cpu_slot_for(kernel=kernel, index=index, cpu_count=len(available_cpus()))
+        cpu_slot, affinity = place(self.placement_policy, self.config, kernel, index)
         shared = {name: self.config.stream(name) for name in (*kernel.all_inputs, *kernel.all_outputs)}
+        wait, spin_s = self._wait_of(kernel)
         return self._pool.spawn(
             kernel, index, cpu_slot, kernel_class=self.registry.get(kernel.kind), shared_memory=shared,
             namespace=self.namespace, config_base_dir=str(self.config.base_path),
-            wait_strategy=self.wait_strategy, telemetry=self.telemetry)
+            wait_strategy=wait, spin_s=spin_s, telemetry=self.telemetry,
+            realtime=self.config.realtime_for(kernel), affinity=affinity)
 
     def _wait_started(self, handles: list[WorkerHandle], timeout: float) -> None:
         def died(handle: WorkerHandle) -> None:
@@ -405,6 +419,7 @@ class PipelineManager:
             errors = validate_pipeline_config(config, self.registry)
             if errors:
                 raise ConfigValidationError(errors[0], errors=errors)
+            self.realtime_problems = realtime.check_pipeline(config)
             return Reconfiguration(self, config, timeout).begin()
 
     def reconfigure(self, config, timeout: float | None = None) -> dict:
@@ -593,7 +608,7 @@ class PipelineManager:
             for name, handle in self.workers.items():
                 entry, metrics = status_parts.worker_entry(
                     handle, snaps[name], now_ns, failed=name in failed, state=self._state.value,
-                    restarts=self._restart_counts[name])
+                    restarts=self._restart_counts[name], realtime_problems=self.realtime_problems)
                 workers[name] = entry
                 if metrics is not None:
                     self._last_metrics[name] = metrics

@@ -10,13 +10,31 @@ from __future__ import annotations
 
 import collections
 
-from . import health
+from . import health, realtime
+from .config_realtime import RealtimeConfig
 from .shm import layout
 
 
-def worker_entry(handle, snap, now_ns: int, *, failed: bool, state: str, restarts: int) -> tuple[dict, dict | None]:
+def realtime_entry(handle, alive: bool, problems: list[str]) -> tuple[dict, dict | None]:
+    """A worker's ``realtime`` entry (requested, and effective as read back from /proc) and its ``proc``
+    counters (None once it is gone): two small /proc reads."""
+    requested = handle.realtime or RealtimeConfig()
+    read = realtime.read_proc(handle.pid) if alive else None
+    entry = {"requested": requested.as_status(), "effective": None, "applied": None, "problems": []}
+    if read is None:
+        return entry, None
+    effective, counters = read
+    effective.update(wait=handle.wait_strategy, spin_us=requested.spin_us)
+    shortfalls = realtime.shortfalls(requested, effective, handle.affinity)
+    entry.update(effective=effective, applied=not shortfalls,
+                 problems=shortfalls + list(problems) if shortfalls else [])
+    return entry, counters
+
+
+def worker_entry(handle, snap, now_ns: int, *, failed: bool, state: str, restarts: int,
+                 realtime_problems: list[str] = ()) -> tuple[dict, dict | None]:
     """One worker's status entry, and its metrics once it has processed a frame (else None);
-    ``state`` is the pipeline's."""
+    ``state`` is the pipeline's; ``realtime_problems`` the privileges its settings lack (build)."""
     alive = handle.alive
     idle_s, age_s = health.idle_and_age(snap, now_ns)
     worker_health = health.derive_health(
@@ -35,6 +53,7 @@ def worker_entry(handle, snap, now_ns: int, *, failed: bool, state: str, restart
         "last_metric_age_s": age_s,
         "restarts": restarts,
     }
+    entry["realtime"], entry["proc"] = realtime_entry(handle, alive, list(realtime_problems))
     metrics = None
     if snap is not None and snap.frames:
         metrics = worker_metrics(handle, snap, now_ns)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from . import spawning, worker_output
+from . import realtime, spawning, worker_output
 from .errors import KernelExecutionError
 from .shm import device, layout
 from .shm.device_stream import HostStreamOnDevice
@@ -83,6 +83,9 @@ class WorkerSpec:
     wait_strategy: str = "futex"
     telemetry: bool = True
     extra: dict = field(default_factory=dict)
+    spin_s: float = 50e-6               # hybrid: spin this long before parking
+    realtime: object = None             # RealtimeConfig: this worker's merged settings (None: the defaults)
+    affinity: tuple | None = None       # CPUs it runs on: (cpu_slot,), or the pipeline's pool when unpinned
 
 
 class _Stop(Exception):
@@ -93,13 +96,10 @@ def _on_sigterm(signum, frame):
     raise _Stop()
 
 
-def _pin(cpu_slot: int | None) -> None:
-    if cpu_slot is None or not hasattr(os, "sched_setaffinity"):
-        return
-    try:
-        os.sched_setaffinity(0, {cpu_slot})
-    except OSError:
-        pass
+def _affinity(spec: WorkerSpec):
+    if spec.affinity is not None:
+        return spec.affinity
+    return None if spec.cpu_slot is None else (spec.cpu_slot,)
 
 
 def run(spec: WorkerSpec) -> int:
@@ -112,7 +112,8 @@ def run(spec: WorkerSpec) -> int:
         block, record = _claim_record(spec.block_name, spec.record_index, spec.spawn_token)
         record.start(os.getpid(), spec.cpu_slot)
         record.set_state(layout.WS_STARTING)
-        _pin(spec.cpu_slot)
+        settings = spec.realtime or realtime.RealtimeConfig()
+        realtime.apply(settings, _affinity(spec), memory=False, scheduling=False)  # its CPUs, before any work
 
         from .kernels.registry import KernelRegistry
 
@@ -142,8 +143,11 @@ def run(spec: WorkerSpec) -> int:
         auxiliaries = {binding.alias: attach(binding.name) for binding in config.auxiliary}
         outputs = [attach(name, is_input=False) for name in config.outputs]
         for stream in triggers:
-            stream.set_wait_strategy(spec.wait_strategy)
+            stream.set_wait_strategy(spec.wait_strategy, spec.spin_s)
         loop = HotLoop(config, kernel, triggers, auxiliaries, outputs, block, record, spec, timer)
+        # Once its streams and kernel exist: lock what is mapped (and what comes), then the policy.
+        # Not applied (required false): it runs as it is allowed to, and status() reads back what holds.
+        realtime.apply(settings, None)
         record.set_state(layout.WS_RUNNING)
         loop.run()
         record.set_state(layout.WS_STOPPED)

@@ -37,6 +37,9 @@ class WorkerHandle:
         self.started_at: float | None = None
         self.stopping = False
         self.exit_reported = False
+        self.realtime = None            # RealtimeConfig it was started with (its merged settings)
+        self.affinity: tuple | None = None  # the CPUs it runs on (set by itself)
+        self.wait_strategy = "futex"
 
     @property
     def name(self) -> str:
@@ -97,6 +100,8 @@ class WorkerPool:
         """Start a worker for ``kernel``; ``spec_fields`` complete its WorkerSpec."""
         handle = WorkerHandle(kernel, index, self.record_index(kernel.name), cpu_slot)
         handle.spawn_token = secrets.randbits(63) or 1
+        handle.realtime, handle.affinity = spec_fields.get("realtime"), spec_fields.get("affinity")
+        handle.wait_strategy = spec_fields.get("wait_strategy", "futex")
         self.block.reset_record(handle.record_index, kernel.name, handle.spawn_token)
         spec = WorkerSpec(kernel=kernel, block_name=self.block.name, record_index=handle.record_index,
                           spawn_token=handle.spawn_token, cpu_slot=cpu_slot, parent_pid=os.getpid(),

@@ -122,7 +122,7 @@ WORKER_KEYS = {"pid", "alive", "exitcode", "cpu_slot", "health", "idle_s", "last
                "frames_processed", "last_exec_us", "last_exec_ms", "avg_exec_us", "avg_exec_ms",
                "jitter_us_rms", "p50_exec_us", "p99_exec_us", "throughput_hz", "metrics_window", "runtime_s",
                "last_output_count", "overruns", "input_copy", "waits", "timeouts", "frame_sync_skew_events",
-               "frame_sync_skipped_generations", "frame_sync_timeouts", "exec_histogram"}
+               "frame_sync_skipped_generations", "frame_sync_timeouts", "exec_histogram", "realtime", "proc"}
 SUMMARY_KEYS = {"workers_total", "active_workers", "idle_workers", "paused_workers", "failed_workers",
                 "stopped_workers", "waiting_workers", "sources_total", "active_sources", "failed_sources",
                 "sinks_total", "active_sinks", "failed_sinks"}

@@ -128,6 +128,7 @@ class Daemon:
         self._loop = _LoopTimer()
         self._http = None
         self._control = None
+        self._worker_cpus: set[int] | None = None  # the CPUs the daemon's own threads were last kept off
         #: The pipeline's last runtime snapshot, taken just before shutdown (``shmpiped run --json-status``).
         self.final_snapshot: dict | None = None
 
@@ -512,11 +513,27 @@ class Daemon:
             "last_reload_success_time": self.last_reload_success_time,
             "ready": self._ready_sent,
         }
-        if self._http is not None:
-            self._http.keep_off_cpus({w["cpu_slot"] for w in snapshot["workers"].values()
-                                      if w.get("cpu_slot") is not None})
+        self._keep_off_worker_cpus(snapshot)
         ready, reason = self._readiness(snapshot)
         self._published = Published(taken_at=taken_at, snapshot=snapshot, ready=ready, ready_reason=reason)
+
+    def _keep_off_worker_cpus(self, snapshot: dict) -> None:
+        """The daemon's own threads (this loop, the control threads, HTTP) run on CPUs no worker is pinned
+        to and outside ``realtime.cpus``, when any remain: the loop and control at normal priority,
+        HTTP at SCHED_IDLE; never a real-time policy.  Redone only when those CPUs change."""
+        busy = {w["cpu_slot"] for w in snapshot["workers"].values() if w.get("cpu_slot") is not None}
+        busy |= set(getattr(getattr(self.config, "realtime", None), "cpus", None) or ())
+        if busy == self._worker_cpus:
+            return
+        self._worker_cpus = busy
+        from .. import realtime
+
+        realtime.confine_service_thread(busy)  # this thread: the supervisor loop
+        for thread in threading.enumerate():  # the control server's accept thread: new connections inherit it
+            if thread.name.startswith(("shmpiped.control", "shmpiped-control")) and thread.native_id:
+                realtime.confine_service_thread(busy, tid=thread.native_id)
+        if self._http is not None:
+            self._http.keep_off_cpus(busy)
 
     @staticmethod
     def status_line(snapshot: dict) -> str:

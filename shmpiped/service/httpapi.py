@@ -169,11 +169,18 @@ class HttpApi:
         self._thread = threading.Thread(target=self._server.serve_forever, name="shmpiped-http", daemon=True)
 
     def keep_off_cpus(self, busy: set[int]) -> None:
-        """Serve on the CPUs that are not in ``busy`` (the workers' CPUs), if any is left."""
-        from ..placement import available_cpus
+        """Serve on the CPUs that are not in ``busy`` (the workers' CPUs and ``realtime.cpus``), if any is
+        left; the accept thread moves now, request threads as they start (at SCHED_IDLE)."""
+        from ..placement import available_cpus, note_service_confinement
 
+        note_service_confinement()  # workers keep the process's CPUs, whatever the service threads get
         free = set(available_cpus()) - set(busy)
         self._server.service_cpus = free or None
+        if self._thread.native_id:
+            try:
+                os.sched_setaffinity(self._thread.native_id, free or set(available_cpus()))
+            except OSError:
+                pass
 
     @property
     def address(self) -> tuple[str, int]:

@@ -71,6 +71,20 @@ PIPELINE_STATES = ("initialized", "built", "running", "paused", "failed", "stopp
 WORKER_HEALTH_STATES = HEALTH_STATES
 
 Snapshot = Mapping[str, Any]
+#: Linux scheduling policies, as ``shmpiped.realtime.POLICY_NAMES`` names them.
+SCHEDULING_POLICIES = ("other", "fifo", "rr", "batch", "idle", "deadline")
+#: status() ``proc`` key -> counter family, help (read from /proc/<pid>/stat and /proc/<pid>/status).
+_PROC_COUNTERS = (
+    ("voluntary_context_switches", "shmpiped_worker_voluntary_context_switches_total",
+     "Times the worker's loop gave up the CPU to wait (voluntary context switches of its main thread)."),
+    ("involuntary_context_switches", "shmpiped_worker_involuntary_context_switches_total",
+     "Times the worker's loop was preempted (involuntary context switches of its main thread)."),
+    ("minor_page_faults", "shmpiped_worker_minor_page_faults_total",
+     "Page faults of the worker process served without I/O."),
+    ("major_page_faults", "shmpiped_worker_major_page_faults_total",
+     "Page faults of the worker process that needed I/O (swap, files): a cause of jitter."),
+    ("cpu_seconds", "shmpiped_worker_cpu_seconds_total", "CPU time (user + system) of the worker process."),
+)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -241,6 +255,30 @@ def _workers(out: _Families, snap: Snapshot, pipeline: str, bounds: Any) -> None
                     entry.get("overruns", 0 if fresh else None))
         out.gauge("shmpiped_worker_cpu_slot", "CPU the worker process is pinned to.", labels,
                   entry.get("cpu_slot"))
+        _realtime(out, labels, entry)
+    for source, entry in _mapping(snap.get("sources")).items():  # sources that run in a process of their own
+        if isinstance(_mapping(entry).get("proc"), Mapping):
+            _realtime(out, {"pipeline": pipeline, "worker": str(source)}, _mapping(entry))
+
+
+def _realtime(out: _Families, labels: dict[str, str], entry: Mapping) -> None:
+    """Scheduling as the kernel holds it, and the /proc counters, of one worker (or source) process."""
+    proc = _mapping(entry.get("proc"))
+    for key, name, doc in _PROC_COUNTERS:
+        out.counter(name, doc, labels, proc.get(key))
+    effective = _mapping(_mapping(entry.get("realtime")).get("effective"))
+    if not effective:
+        return
+    policy = effective.get("policy")
+    out.gauge("shmpiped_worker_realtime_priority",
+              "Real-time priority of the worker process as the kernel holds it (0 when not fifo or rr).", labels,
+              effective.get("priority") if policy in ("fifo", "rr") else 0)
+    out.gauge("shmpiped_worker_memory_locked_bytes", "Memory the worker process has locked (VmLck).", labels,
+              effective.get("memory_locked_bytes"))
+    for name in SCHEDULING_POLICIES:
+        out.gauge("shmpiped_worker_scheduling_policy",
+                  "Scheduling policy of the worker process as the kernel holds it: 1 for the current one.",
+                  {**labels, "state": name}, 1 if policy == name else 0)
 
 
 def _streams(out: _Families, snap: Snapshot, pipeline: str, bounds: Any) -> None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import math
+import mmap
 import secrets
 import time
 import weakref
@@ -461,10 +462,20 @@ class Stream(PyshmemStyleMethods):
         self.wait(self.last_read_count, timeout)
         return self.read()
 
+    def prefault(self) -> int:
+        """Touch every page of the segment once (a read each), so that /dev/shm allocates them now rather
+        than on some frame's first write; returns the bytes covered."""
+        data = self.segment.bytes
+        int(data[::mmap.PAGESIZE].sum(dtype=np.uint64))
+        return int(data.size)
+
     def set_wait_strategy(self, strategy: str, spin_s: float = HYBRID_SPIN_S) -> None:
-        """``futex`` parks at once; ``hybrid`` spins ``spin_s`` first; ``spin`` never parks."""
+        """``futex`` parks at once; ``hybrid`` spins ``spin_s`` first (the pipeline's ``realtime.spin_us``,
+        50 us by default); ``spin`` never parks."""
         if strategy not in WAIT_STRATEGIES:
             raise ValueError(f"wait strategy must be one of {', '.join(WAIT_STRATEGIES)}, got {strategy!r}")
+        if not spin_s >= 0:
+            raise ValueError(f"spin time must be a non-negative number of seconds, got {spin_s!r}")
         self.wait_strategy = strategy
         self._spin_s = {"futex": 0.0, "hybrid": float(spin_s), "spin": -1.0}[strategy]
 
