@@ -32,6 +32,7 @@ import time
 import numpy
 
 from . import health, spawning, worker_output
+from . import status as status_parts
 from .errors import ConfigValidationError, WorkerProcessError
 from .shm import _sync, layout
 from .shm.telemetry import RecordSnapshot, monotonic_to_wall
@@ -55,6 +56,11 @@ class SourceProcess:
         self.kind = config.kind
         self.poll_interval = float(config.poll_interval)
         self.realtime = _realtime_of(pipeline, config)
+        # What status.realtime_entry reads of a process: its settings, the CPUs it was given, its wait
+        # (None: a source parks on no stream), and the privileges those settings lack here.
+        self.affinity = self.realtime.cpus if self.realtime is not None else None
+        self.wait_strategy = None
+        self.realtime_problems = _privilege_problems(self.realtime)
         self._pipeline = pipeline
         self._pool = pool  # the pipeline's WorkerPool: its control block and its record numbers
         self._source_class = source_class
@@ -264,7 +270,7 @@ class SourceProcess:
             "restarts": self.restarts,
             "exitcode": self.exitcode,
         }
-        entry.update(_realtime_entries(self.realtime, self.pid if alive else None))
+        entry["realtime"], entry["proc"] = status_parts.realtime_entry(self, alive, self.realtime_problems)
         return entry
 
 
@@ -303,13 +309,10 @@ def _realtime_of(pipeline, config):
     return realtime_for(config) if realtime_for is not None else None
 
 
-def _realtime_entries(settings, pid: int | None) -> dict:
-    """status()'s ``realtime`` (requested; effective as the kernel holds it) and ``proc`` (its counters)."""
-    from . import realtime
+def _privilege_problems(settings) -> list[str]:
+    """What this process lacks to apply ``settings`` (none for the defaults)."""
+    if settings is None or settings.is_default:
+        return []
+    from .realtime import privilege_problems
 
-    read = realtime.read_proc(pid) if pid is not None else None
-    effective, counters = read if read is not None else (None, None)
-    if effective is not None and settings is not None:
-        effective = {**effective, "wait": settings.wait, "spin_us": settings.spin_us}
-    requested = settings.as_status() if settings is not None else None
-    return {"realtime": {"requested": requested, "effective": effective}, "proc": counters}
+    return privilege_problems(settings)

@@ -7,7 +7,11 @@ a segment), and for the supervisor's restart the real daemon.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 import textwrap
 import time
 
@@ -151,6 +155,7 @@ def test_realtime_settings_are_applied_to_the_source_process(namespace, manager_
     effective = entry["realtime"]["effective"]
     assert (effective["policy"], effective["priority"], effective["cpus"]) == ("fifo", 60, [cpu])
     assert effective["memory_locked_bytes"] > 0
+    assert entry["realtime"]["applied"] is True and entry["realtime"]["problems"] == []
     assert entry["proc"]["cpu_seconds"] >= 0 and entry["proc"]["voluntary_context_switches"] > 0
 
 
@@ -160,6 +165,34 @@ def test_without_realtime_the_source_process_stays_plain(namespace, manager_fact
     assert proc_scheduling(entry["pid"]) == (0, 0)  # SCHED_OTHER
     assert entry["realtime"]["requested"]["policy"] == "other"
     assert entry["realtime"]["effective"]["policy"] == "other"
+
+
+def test_without_the_privileges_the_source_runs_plain_and_says_what_is_missing(namespace):
+    """Under setpriv/prlimit (no CAP_SYS_NICE, RLIMIT_RTPRIO 0) and required: false, the source asked for
+    fifo runs at policy other, and its status says so, read back from the kernel."""
+    if shutil.which("prlimit") is None or shutil.which("setpriv") is None:
+        pytest.fail("prlimit and setpriv (util-linux) are needed")
+    drop = ["setpriv", "--inh-caps=-sys_nice,-ipc_lock", "--bounding-set=-sys_nice,-ipc_lock"]
+    code = textwrap.dedent(f"""
+        import json, time
+        from shmpiped import PipelineManager
+        config = {source_pipeline(namespace, camera(parameters={"rate_hz": 100},
+                                                    realtime={"policy": "fifo", "priority": 50}))!r}
+        with PipelineManager(config) as manager:
+            manager.build().start()
+            time.sleep(0.5)
+            print(json.dumps(manager.status()["sources"]["camera"]))
+    """)
+    done = subprocess.run(["prlimit", "--rtprio=0:0", *(drop if os.geteuid() == 0 else []), sys.executable,
+                           "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    entry = json.loads(done.stdout)
+    assert entry["frames_written"] > 0 and entry["last_error"] is None  # it runs
+    assert entry["realtime"]["requested"]["policy"] == "fifo"
+    assert entry["realtime"]["effective"]["policy"] == "other" and entry["realtime"]["applied"] is False
+    problems = " ".join(entry["realtime"]["problems"])
+    assert "not fifo 50: the kernel refused it" in problems and "CAP_SYS_NICE" in problems
+    assert "source 'camera': real-time settings not applied" in done.stderr
 
 
 def test_pause_resume_and_stop_reach_the_process(namespace, manager_factory):
