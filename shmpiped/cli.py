@@ -364,6 +364,39 @@ def sinks(as_json: bool) -> None:
     _print_kinds(("sinks",), as_json)
 
 
+# ---------------------------------------------------------------------- doctor
+@main.command()
+@click.argument("pipeline", required=False, type=click.Path(dir_okay=False), envvar="SHMPIPED_PIPELINE")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"ready", "pipeline", "findings": [{"name", "status", "seen", "fix"}]} instead of text.')
+def doctor(pipeline: str | None, as_json: bool) -> None:
+    """Check this machine for real time (for PIPELINE's settings, else for a fifo 50 worker with locked
+    memory) and print each finding with its fix.
+
+    Exit status: 0 ready (every finding ok or not applicable), 1 with findings to act on, 78 invalid PIPELINE.
+    """
+    from .config import PipelineConfig
+    from .doctor import diagnose, generic_request, is_ready, report, request_for
+
+    request = generic_request()
+    if pipeline:
+        try:
+            request = request_for(PipelineConfig.from_yaml(pipeline), pipeline)
+        except (ConfigValidationError, OSError) as exc:
+            errors = (exc.errors or (str(exc),)) if isinstance(exc, ConfigValidationError) else \
+                [f"cannot read {pipeline}: {exc.strerror or exc}"]
+            for error in errors:
+                click.echo(f"- {error}", err=True)
+            sys.exit(EXIT_CONFIG)
+    findings = diagnose(request)
+    if as_json:
+        click.echo(json.dumps({"ready": is_ready(findings), "pipeline": pipeline,
+                               "findings": [f.to_dict() for f in findings]}, indent=2))
+    else:
+        click.echo(report(findings, request))
+    sys.exit(EXIT_OK if is_ready(findings) else EXIT_FAILURE)
+
+
 # ---------------------------------------------------------------------- bench (shmpiped/cli_bench.py)
 from .cli_bench import bench, bench_pipeline  # noqa: E402  (the group lives in its own module)
 
