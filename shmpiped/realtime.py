@@ -59,7 +59,7 @@ _MIB = 1024 * 1024
 
 __all__ = [
     "Privileges", "RealtimeUnavailable", "apply", "check_pipeline", "confine_service_thread", "cpu_problems",
-    "fixes", "lock_memory", "memory_lock_need", "privilege_problems", "read_proc",
+    "fixes", "lock_memory", "memory_lock_need", "name_thread", "privilege_problems", "read_proc",
 ]
 
 
@@ -298,6 +298,15 @@ def apply(settings: RealtimeConfig, cpus: Iterable[int] | None, *, memory: bool 
         raise RealtimeUnavailable("realtime.required is true: " + "; ".join(errors) + ". Fix, per target:\n"
                                   + fixes())
     return errors
+
+
+def name_thread(tid: int, name: str) -> None:
+    """Give a thread of this process the name ``top -H`` and ``/proc/<pid>/task/<tid>/comm`` show."""
+    try:
+        with open(f"/proc/self/task/{tid}/comm", "w") as handle:
+            handle.write(name[:15])
+    except OSError:
+        pass
 
 
 def confine_service_thread(busy_cpus: Iterable[int], *, idle: bool = False, tid: int = 0) -> None:

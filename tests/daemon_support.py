@@ -44,15 +44,16 @@ def write_pipeline(path, namespace, kind="cpu.scale", parameters="{factor: 2.0}"
 
 
 class DaemonProcess:
-    """`shmpiped run` in a subprocess, with its HTTP port and control socket."""
+    """`shmpiped run` in a subprocess, with its HTTP port and control socket; ``prefix`` runs it under
+    another command (``setpriv ...``, ``prlimit ...``)."""
 
-    def __init__(self, pipeline, namespace, tmp_path, *args, env=None):
+    def __init__(self, pipeline, namespace, tmp_path, *args, env=None, prefix=()):
         self.namespace = namespace
         self.port = free_port()
         self.socket = str(tmp_path / f"{namespace}.sock")
         self.log_path = tmp_path / f"daemon-{namespace}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")
-        command = [sys.executable, "-m", "shmpiped.cli", "run", str(pipeline),
+        command = [*prefix, sys.executable, "-m", "shmpiped.cli", "run", str(pipeline),
                    "--http-address", f"127.0.0.1:{self.port}", "--control-socket", self.socket,
                    "--status-interval", "0.5", *args]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,

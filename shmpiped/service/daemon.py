@@ -531,6 +531,7 @@ class Daemon:
         realtime.confine_service_thread(busy)  # this thread: the supervisor loop
         for thread in threading.enumerate():  # the control server's accept thread: new connections inherit it
             if thread.name.startswith(("shmpiped.control", "shmpiped-control")) and thread.native_id:
+                realtime.name_thread(thread.native_id, "shmpiped-ctl")
                 realtime.confine_service_thread(busy, tid=thread.native_id)
         if self._http is not None:
             self._http.keep_off_cpus(busy)

@@ -177,6 +177,9 @@ class HttpApi:
         free = set(available_cpus()) - set(busy)
         self._server.service_cpus = free or None
         if self._thread.native_id:
+            from ..realtime import name_thread
+
+            name_thread(self._thread.native_id, "shmpiped-http")  # request threads inherit the name
             try:
                 os.sched_setaffinity(self._thread.native_id, free or set(available_cpus()))
             except OSError:
