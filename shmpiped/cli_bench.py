@@ -212,3 +212,21 @@ def format_pipeline_report(report: dict) -> str:
         lines.append(f"  {name:<16} exec avg={w['avg_exec_us']:.1f} p99={w['p99_exec_us']:.1f} "
                      f"jitter={w['jitter_us_rms']:.1f} us  {w['throughput_hz']:.1f} Hz  overruns={w['overruns']}")
     return "\n".join(lines)
+
+
+@bench.command("load")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, exists=True))
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds measured per run.")
+@click.option("--hogs", type=int, default=None, help="CPU-bound processes beside the pipeline [default: one per CPU].")
+@click.option("--json", "as_json", is_flag=True)
+def bench_load(file: str | None, duration: float, hogs: int | None, as_json: bool) -> None:
+    """FILE (default: the demo) quiet and beside CPU hogs, without and with its real-time settings
+    (fifo 50 with locked memory when it has none): end-to-end p50/p99/max and the delivered rate."""
+    from .bench_load import format_load_report, load
+
+    try:
+        rows = load(file, duration, hogs)
+    except ConfigValidationError as exc:
+        click.echo(f"bench load: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(json.dumps(rows, indent=2) if as_json else format_load_report(rows))
