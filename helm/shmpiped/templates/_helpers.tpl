@@ -34,13 +34,32 @@ app.kubernetes.io/component: pipeline
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
-{{/* The pipeline file's text ("" when the image's embedded demo runs). */}}
+{{/* The pipeline file's text ("" when the image's embedded demo runs).  With realtime.enabled it
+     carries realtime.settings as its `realtime:` block, under the pipeline's own keys. */}}
 {{- define "shmpiped.pipelineText" -}}
 {{- $pipeline := .Values.pipeline }}
+{{- $realtime := .Values.realtime }}
+{{- $addBlock := and $realtime.enabled $realtime.settings }}
+{{- if and $realtime.enabled (not $pipeline) }}
+{{- fail "realtime.enabled adds realtime.settings to the pipeline, and the image's embedded demo takes none: set pipeline (e.g. --set-file pipeline=pipeline.yaml)" }}
+{{- end }}
 {{- if kindIs "string" $pipeline }}
+{{- if and $addBlock (not (regexMatch "(?m)^realtime[ \t]*:" $pipeline)) }}
+{{- if hasPrefix "{" (trim $pipeline) }}
+{{- fail "realtime.enabled cannot add a block to a pipeline string in flow style ({...}): give pipeline as a mapping, or write its realtime: key yourself" }}
+{{- end }}
+{{- printf "%s\n# realtime.settings of the Helm release (realtime.enabled):\nrealtime:\n%s\n" (trimSuffix "\n" $pipeline) (toYaml $realtime.settings | indent 2) }}
+{{- else }}
 {{- $pipeline }}
+{{- end }}
 {{- else if $pipeline }}
+{{- if $addBlock }}
+{{- $merged := deepCopy $pipeline }}
+{{- $_ := set $merged "realtime" (merge (deepCopy (default (dict) $merged.realtime)) (deepCopy $realtime.settings)) }}
+{{- toYaml $merged }}
+{{- else }}
 {{- toYaml $pipeline }}
+{{- end }}
 {{- end }}
 {{- end }}
 

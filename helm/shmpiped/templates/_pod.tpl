@@ -123,15 +123,25 @@ spec:
           {{- toYaml . | nindent 10 }}
         {{- end }}
       securityContext:
+        {{- if and .Values.realtime.enabled .Values.realtime.runAsRoot }}
+        # realtime.runAsRoot: Kubernetes gives added capabilities to uid 0 only (values.yaml).
+        runAsNonRoot: false
+        runAsUser: 0
+        {{- else }}
         runAsNonRoot: true
         runAsUser: {{ .Values.podSecurityContext.runAsUser }}
+        {{- end }}
         runAsGroup: {{ .Values.podSecurityContext.runAsGroup }}
         readOnlyRootFilesystem: true
         allowPrivilegeEscalation: false
         privileged: false
         capabilities:
           drop: [ALL]
-          {{- with .Values.securityContext.addCapabilities }}
+          {{- $capabilities := .Values.securityContext.addCapabilities }}
+          {{- if .Values.realtime.enabled }}
+          {{- $capabilities = concat $capabilities (list "SYS_NICE" "IPC_LOCK") | uniq }}
+          {{- end }}
+          {{- with $capabilities }}
           add:
             {{- toYaml . | nindent 12 }}
           {{- end }}
