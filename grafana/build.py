@@ -57,6 +57,17 @@ WORKER_HEALTH_STATES = {
     "stopped": "orange",
 }
 
+#: ``shmpiped.service.metrics.SCHEDULING_POLICIES`` (shmpiped_worker_scheduling_policy's states), each with
+#: its colour: the real-time policies stand out.
+SCHEDULING_POLICIES = {
+    "other": "text",
+    "fifo": "green",
+    "rr": "green",
+    "batch": "orange",
+    "idle": "orange",
+    "deadline": "purple",
+}
+
 #: The end-to-end latency budget drawn on the latency panels; the same constant as the
 #: ShmpipedEndToEndLatencyHigh alert (deploy/prometheus/shmpiped-rules.yml).
 LATENCY_BUDGET_S = 0.002
@@ -453,10 +464,66 @@ def worker() -> dict:
         timeseries("Overruns", "Frames dropped per rate interval because the writer lapped the worker.",
                    [target(f"increase(shmpiped_worker_overruns_total{{{WORKER}}}[$__rate_interval])", "overruns")],
                    "none", bars=True),
+        *realtime_panels(),
     ]
     return dashboard(WORKER_UID, "shmpiped / Worker",
-                     "One worker of a shmpiped pipeline: exec time, jitter, throughput, idle time, overruns.",
+                     "One worker of a shmpiped pipeline: exec time, jitter, throughput, idle time, overruns, "
+                     "and what the kernel does to it: scheduling, context switches, page faults, CPU time.",
                      panels, [PIPELINE_VARIABLE, WORKER_VARIABLE])
+
+
+def realtime_panels() -> list[dict]:
+    """The worker's scheduling as the kernel holds it, and the /proc counters that explain jitter: a real-time
+    worker should show its policy and priority, few involuntary switches and no major page faults (the
+    ShmpipedRealtimeWorkerDisturbed alert watches those two)."""
+    per_second = "rate({metric}{{%s}}[$__rate_interval])" % WORKER
+    return [
+        stat("Scheduling policy", "The worker process's scheduling policy as the kernel holds it "
+             "(shmpiped_worker_scheduling_policy, read from /proc): fifo or rr when its pipeline's realtime block "
+             "applied.",
+             [target(state_code("shmpiped_worker_scheduling_policy", SCHEDULING_POLICIES, WORKER, "worker"),
+                     "{{worker}}", instant=True)],
+             "none", 4, mappings=state_mappings(SCHEDULING_POLICIES), color_mode="background"),
+        stat("Real-time priority", "rt_priority of the worker process (1-99 under fifo or rr, 0 otherwise).",
+             [target(f"shmpiped_worker_realtime_priority{{{WORKER}}}", "priority", instant=True)],
+             "none", 4, decimals=0, thresholds=_thresholds((None, "text"), (1, "green"))),
+        stat("Locked memory", "Memory the worker process has locked (VmLck): its whole footprint with "
+             "lock_memory, 0 without.",
+             [target(f"shmpiped_worker_memory_locked_bytes{{{WORKER}}}", "locked", instant=True)],
+             "bytes", 4),
+        stat("CPU now", "CPU time the worker process used per second over the rate interval (1 = one whole CPU; "
+             "a spinning wait stays near 1).",
+             [target(per_second.format(metric="shmpiped_worker_cpu_seconds_total"), "cpu", instant=True)],
+             "percentunit", 4, decimals=1),
+        timeseries("Context switches and page faults", "Per second: voluntary switches (the loop parked on its "
+                   "input), involuntary ones (something preempted it: climbing in a real-time worker means a task "
+                   "that outranks it shares its CPU), and minor and major page faults (major ones wait for I/O: "
+                   "milliseconds each; lock_memory keeps both flat).",
+                   [target(per_second.format(metric="shmpiped_worker_voluntary_context_switches_total"),
+                           "voluntary switches"),
+                    target(per_second.format(metric="shmpiped_worker_involuntary_context_switches_total"),
+                           "involuntary switches"),
+                    target(per_second.format(metric="shmpiped_worker_minor_page_faults_total"), "minor faults"),
+                    target(per_second.format(metric="shmpiped_worker_major_page_faults_total"), "major faults")],
+                   "ops"),
+        timeseries("CPU time", "CPU seconds per second of the worker process (user + system, every thread), "
+                   "against its real-time priority (right axis; 0: not real time).",
+                   [target(per_second.format(metric="shmpiped_worker_cpu_seconds_total"), "CPU"),
+                    target(f"shmpiped_worker_realtime_priority{{{WORKER}}}", "real-time priority")],
+                   "percentunit", overrides=[right_axis("real-time priority", "none")]),
+    ]
+
+
+def right_axis(series: str, unit: str) -> dict:
+    """An override drawing the series named ``series`` on a right-hand axis of its own ``unit``."""
+    return {
+        "matcher": {"id": "byName", "options": series},
+        "properties": [
+            {"id": "custom.axisPlacement", "value": "right"},
+            {"id": "unit", "value": unit},
+            {"id": "custom.fillOpacity", "value": 0},
+        ],
+    }
 
 
 def dashboards() -> dict[str, dict]:

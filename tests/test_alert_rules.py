@@ -36,6 +36,7 @@ REQUIRED_ALERTS = {
     "ShmpipedFramesStale",
     "ShmpipedEndToEndLatencyHigh",
     "ShmpipedOverrunsRising",
+    "ShmpipedRealtimeWorkerDisturbed",
 }
 SERIES_LABELS = {"job", "instance", "pipeline", "worker", "stream", "state", "le"}
 
@@ -172,6 +173,25 @@ def test_unit_test_series_look_like_the_exporter():
             assert "state" in labels, text
         if name.endswith("_bucket"):
             assert "le" in labels, text
+
+
+def test_realtime_alert_watches_only_real_time_workers():
+    [rule] = [r for r in alert_rules() if r["alert"] == "ShmpipedRealtimeWorkerDisturbed"]
+    expr = rule["expr"]
+    assert "rate(shmpiped_worker_involuntary_context_switches_total[1m]) > 1" in expr
+    assert "rate(shmpiped_worker_major_page_faults_total[1m]) > 0" in expr
+    assert expr.rstrip().endswith("(shmpiped_worker_realtime_priority > 0)")
+    assert rule["for"] == "5m" and rule["labels"]["severity"] == "warning"
+
+
+def test_promtool_unit_tests_catch_a_realtime_alert_on_every_worker(promtool, tmp_path):
+    """Without the real-time condition the plain worker fires too, and the unit tests say so."""
+    rules = RULES_FILE.read_text()
+    (tmp_path / RULES_FILE.name).write_text(rules.replace("(shmpiped_worker_realtime_priority > 0)",
+                                                          "(shmpiped_worker_realtime_priority >= 0)"))
+    (tmp_path / RULES_TEST_FILE.name).write_text(RULES_TEST_FILE.read_text())
+    result = run_promtool(promtool, "test", "rules", str(tmp_path / RULES_TEST_FILE.name))
+    assert result.returncode != 0 and "integrator" in result.stdout + result.stderr
 
 
 def test_latency_budget_matches_the_dashboards():

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import textwrap
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -309,3 +311,212 @@ def test_gpu_pipeline_without_a_gpu_exits_78(tmp_path, containers):
     stderr = logs(container, stdout=False)
     assert status == 78, f"exit {status}:\n{logs(container)}"
     assert "no CUDA device is usable" in stderr, stderr
+
+
+# ---------------------------------------------------------------------- real time (issue 13)
+# The README's `docker run` flags grant what a pipeline's realtime block needs; the worker's policy,
+# priority and locked memory are read back from /proc inside the container.  tests/realtime_support.py
+# gives the containers a real-time cgroup budget where the kernel schedules real time per cgroup, and
+# says which way of granting the privileges this engine can apply.
+
+RT_PIPELINE = """\
+    namespace: rt
+    realtime: {policy: fifo, priority: 50, lock_memory: true, required: true}
+    shared_memory:
+      - {name: frames, shape: [16], dtype: float32}
+      - {name: scaled, shape: [16], dtype: float32}
+      - {name: commands, shape: [16], dtype: float32}
+    sources:
+      - {name: camera, kind: synthetic.array, stream: frames, parameters: {pattern: ramp, rate_hz: 200}}
+    kernels:
+      - {name: scale, kind: cpu.scale, input: frames, output: scaled, parameters: {factor: 2.0}}
+      - {name: offset, kind: cpu.add_constant, input: scaled, output: commands, parameters: {constant: 1.0},
+         realtime: {priority: 60}}
+    """
+RT_PRIORITIES = {"scale": 50, "offset": 60}
+SCHED_FIFO = 1
+
+
+class DockerRun:
+    """`docker run` with literal command-line flags (as the README writes them); removes what it starts."""
+
+    def __init__(self, image: str, rt_options: list[str]):
+        self.image, self.rt_options, self.names = image, rt_options, []
+
+    def start(self, label: str, *options: str, pipeline=None, command: tuple[str, ...] = ()) -> str:
+        from .docker_support import container_name
+
+        name = container_name(label)
+        self.names.append(name)
+        mount = ("--volume", f"{pipeline}:/etc/shmpiped/pipeline.yaml:ro") if pipeline else ()
+        docker("run", "--detach", "--name", name, "--network", "none", *mount, *options, self.image, *command,
+               timeout=60)
+        return name
+
+    def wait(self, name: str, timeout: float = 60) -> int:
+        return int(docker("wait", name, timeout=timeout).stdout.strip())
+
+    def logs(self, name: str) -> str:
+        done = docker("logs", name, check=False, timeout=30)
+        return done.stdout + done.stderr
+
+    def status(self, name: str) -> dict | None:
+        done = docker("exec", name, "shmpiped", "ctl", "status", "--json", check=False, timeout=30)
+        return json.loads(done.stdout) if done.returncode == 0 else None
+
+    def remove_all(self) -> None:
+        for name in self.names:
+            docker("rm", "--force", "--volumes", name, check=False, timeout=60)
+
+
+@pytest.fixture
+def realtime_docker(shmpiped_image):
+    from .realtime_support import rt_budget
+
+    budget = rt_budget()
+    try:
+        rt_options = budget.__enter__()
+    except Unavailable as exc:
+        unavailable(str(exc))
+    runner = DockerRun(shmpiped_image, rt_options)
+    try:
+        yield runner
+    finally:
+        runner.remove_all()  # first: the budget's cgroup can only go once its containers have
+        budget.__exit__(None, None, None)
+
+
+def running_workers(run: DockerRun, name: str) -> dict:
+    def ready():
+        status = run.status(name)
+        workers = (status or {}).get("workers", {})
+        return workers if workers and all(w.get("pid") and w.get("health") in ("active", "waiting-input")
+                                          for w in workers.values()) else None
+
+    return wait_until(ready, 60, interval=0.5, describe=lambda: run.logs(name))
+
+
+def assert_real_time(run: DockerRun, name: str, priorities: dict[str, int]) -> None:
+    from .realtime_support import proc_of
+
+    workers = running_workers(run, name)
+    assert set(workers) == set(priorities)
+    for worker, priority in priorities.items():
+        kernel = proc_of(name, workers[worker]["pid"])  # the kernel's view, inside the container
+        assert (kernel["policy"], kernel["priority"]) == (SCHED_FIFO, priority), (worker, kernel, run.logs(name))
+        assert kernel["locked_bytes"] > 64 << 20, (worker, kernel)
+        effective = workers[worker]["realtime"]["effective"]  # and what status() reports agrees with it
+        assert (effective["policy"], effective["priority"]) == ("fifo", priority)
+
+
+def test_the_documented_docker_flags_are_the_ones_shipped():
+    """The README, the compose example and the daemon's own error text name the flags tested below."""
+    import yaml
+
+    from shmpiped.realtime import fixes
+
+    from .realtime_support import DOCUMENTED_FLAGS
+
+    flags = " ".join(DOCUMENTED_FLAGS)
+    repo = Path(__file__).resolve().parent.parent
+    assert flags in (repo / "README.md").read_text() and flags in fixes()
+    service = yaml.safe_load((repo / "deploy" / "docker-compose.yml").read_text())["services"]["shmpiped"]
+    as_flags = [*(f"--cap-add {c}" for c in service["cap_add"]),
+                *(f"--ulimit {name}={value}" for name, value in service["ulimits"].items())]
+    assert " ".join(as_flags) == flags
+
+
+def test_real_time_worker_runs_sched_fifo_with_locked_memory(tmp_path, realtime_docker):
+    from .realtime_support import privilege_flags
+
+    run = realtime_docker
+    flags, how = privilege_flags(run.image)
+    pipeline = write_pipeline(tmp_path / "pipeline.yaml", RT_PIPELINE)
+    name = run.start("rt", *flags, *run.rt_options, pipeline=pipeline)
+    try:
+        assert_real_time(run, name, RT_PRIORITIES)
+    except AssertionError as exc:
+        raise AssertionError(f"granted {how}: {exc}") from None
+    docker("stop", "--time", str(STOP_GRACE_S), name, timeout=STOP_GRACE_S + 30)
+    assert run.wait(name) == 0, run.logs(name)
+
+
+def test_without_the_privileges_a_required_pipeline_exits_78(tmp_path, realtime_docker):
+    run = realtime_docker
+    pipeline = write_pipeline(tmp_path / "pipeline.yaml", RT_PIPELINE)
+    name = run.start("rt-none", pipeline=pipeline)
+    assert run.wait(name) == 78, run.logs(name)
+    output = run.logs(name)
+    assert "realtime.required is true" in output and "CAP_SYS_NICE" in output and "RLIMIT_RTPRIO" in output
+    assert "--cap-add SYS_NICE --ulimit rtprio=99 --ulimit memlock=-1" in output, output
+
+
+def test_doctor_in_the_container(tmp_path, realtime_docker):
+    from .realtime_support import cpu_controller, privilege_flags
+
+    run = realtime_docker
+
+    def doctor(*options: str, pipeline=None) -> tuple[int, dict]:
+        name = run.start("doctor", *options, pipeline=pipeline, command=("doctor", "--json"))
+        status = run.wait(name)
+        report = json.loads(docker("logs", name, timeout=30).stdout)
+        return status, {f["name"]: f for f in report["findings"]}
+
+    # No privileges, and Docker's cgroups (where the kernel schedules real time per group) have no budget.
+    status, found = doctor()
+    assert status == 1 and found["scheduling-privileges"]["status"] == "problem"
+    assert found["memory-lock-privileges"]["status"] == "problem"
+    budget = found["rt-group-budget"]
+    assert budget["status"] == ("problem" if cpu_controller() else "not applicable"), budget
+    # With the fix: what the pipeline needs is there.
+    flags, how = privilege_flags(run.image)
+    status, found = doctor(*flags, *run.rt_options)
+    for check in ("scheduling-privileges", "memory-lock-privileges"):
+        assert found[check]["status"] == "ok", (how, found[check])
+    assert found["rt-group-budget"]["status"] == ("ok" if cpu_controller() else "not applicable")
+    # The container's 64 MB /dev/shm against a pipeline that needs more.
+    big = write_pipeline(tmp_path / "big.yaml", "namespace: big\nshared_memory:\n"
+                         "  - {name: a, shape: [4096, 4096], dtype: float32}\n"
+                         "  - {name: b, shape: [4096, 4096], dtype: float32}\n"
+                         "kernels:\n  - {name: k, kind: cpu.copy, input: a, output: b}\n")
+    status, found = doctor(pipeline=big)
+    assert found["dev-shm"]["status"] == "problem" and "--shm-size" in found["dev-shm"]["fix"], found["dev-shm"]
+
+
+def test_the_charts_real_time_security_context_in_docker(tmp_path, realtime_docker):
+    """The pod the Helm chart renders with realtime.enabled, as Docker runs it: its user, capabilities,
+    no privilege escalation, read-only root with the pod's volumes, environment and pipeline."""
+    import shutil
+
+    import yaml
+
+    helm = shutil.which("helm")
+    if helm is None:
+        unavailable("helm not installed: run .ci/install-helm.sh")
+    chart = Path(__file__).resolve().parent.parent / "helm" / "shmpiped"
+    rendered = subprocess.run([helm, "template", "lab", str(chart), "-f", str(chart / "ci" / "realtime-values.yaml")],
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    [main] = pod["containers"]
+    context = main["securityContext"]
+    pipeline = write_pipeline(tmp_path / "pipeline.yaml", next(
+        o for o in objects if o["kind"] == "ConfigMap")["data"]["pipeline.yaml"])
+    options = ["--user", f"{context['runAsUser']}:{context['runAsGroup']}",
+               *[f"--cap-drop={c}" for c in context["capabilities"]["drop"]],
+               *[f"--cap-add={c}" for c in context["capabilities"]["add"]]]
+    assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+    options += ["--security-opt", "no-new-privileges", "--read-only"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in main["volumeMounts"]:
+        if "emptyDir" in volumes[mount["name"]] and mount["mountPath"] != "/dev/shm":
+            options += ["--tmpfs", f"{mount['mountPath']}:mode=1777"]
+    options += ["--shm-size", "256m"]  # the dev-shm emptyDir's sizeLimit
+    for variable in main["env"]:
+        if "value" in variable:
+            options += ["--env", f"{variable['name']}={variable['value']}"]
+    name = realtime_docker.start("helm-rt", *options, *realtime_docker.rt_options, pipeline=pipeline)
+    assert_real_time(realtime_docker, name, {"centroid": 50, "gain": 60})
+    assert docker("exec", name, "id", "-u", timeout=30).stdout.strip() == "0"
+    caps = docker("exec", name, "grep", "CapEff", "/proc/1/status", timeout=30).stdout.split()[1]
+    assert int(caps, 16) == (1 << 23) | (1 << 14), caps  # CAP_SYS_NICE and CAP_IPC_LOCK, nothing else

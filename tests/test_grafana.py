@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from shmpiped.service.metrics import PIPELINE_STATES, WORKER_HEALTH_STATES
+from shmpiped.service.metrics import PIPELINE_STATES, SCHEDULING_POLICIES, WORKER_HEALTH_STATES
 
 from .promql_catalogue import (
     REPO,
@@ -79,6 +79,7 @@ def test_generator_check_mode(tmp_path):
 def test_generator_state_lists_match_the_exporter(build):
     assert tuple(build.PIPELINE_STATES) == PIPELINE_STATES
     assert tuple(build.WORKER_HEALTH_STATES) == WORKER_HEALTH_STATES
+    assert tuple(build.SCHEDULING_POLICIES) == SCHEDULING_POLICIES
 
 
 # ---------------------------------------------------------------------- dashboard structure
@@ -204,6 +205,26 @@ def test_worker_panels(dashboards):
     assert units["Throughput"] == "hertz"
 
 
+def test_worker_real_time_panels(dashboards):
+    panel = lambda title: _panel(dashboards, WORKER, title)  # noqa: E731
+    policy = panel("Scheduling policy")
+    texts = {o["text"] for o in policy["fieldConfig"]["defaults"]["mappings"][0]["options"].values()}
+    assert texts == set(SCHEDULING_POLICIES)
+    for state in SCHEDULING_POLICIES:
+        assert f'shmpiped_worker_scheduling_policy{{pipeline="$pipeline", worker="$worker", state="{state}"}} == 1' \
+            in exprs_of(policy)
+    assert "shmpiped_worker_realtime_priority" in exprs_of(panel("Real-time priority"))
+    assert panel("Locked memory")["fieldConfig"]["defaults"]["unit"] == "bytes"
+    counters = exprs_of(panel("Context switches and page faults"))
+    for name in ("voluntary_context_switches", "involuntary_context_switches", "minor_page_faults",
+                 "major_page_faults"):
+        assert f"rate(shmpiped_worker_{name}_total{{" in counters and "[$__rate_interval])" in counters
+    cpu = panel("CPU time")
+    assert "rate(shmpiped_worker_cpu_seconds_total{" in exprs_of(cpu)
+    assert cpu["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert cpu["fieldConfig"]["overrides"][0]["matcher"]["options"] == "real-time priority"
+
+
 # ---------------------------------------------------------------------- substitution and evaluation
 
 
@@ -243,8 +264,17 @@ def _exporter_like_series() -> list[dict]:
                    _series("shmpiped_worker_restarts_total", w, "0x40"),
                    _series("shmpiped_worker_overruns_total", w, "0x40"),
                    _series("shmpiped_worker_cpu_slot", w, f"{slot}x40"),
+                   _series("shmpiped_worker_realtime_priority", w, "50x40"),
+                   _series("shmpiped_worker_memory_locked_bytes", w, "150000000x40"),
+                   _series("shmpiped_worker_voluntary_context_switches_total", w, "0+150x40"),
+                   _series("shmpiped_worker_involuntary_context_switches_total", w, "0+1x40"),
+                   _series("shmpiped_worker_minor_page_faults_total", w, "20000x40"),
+                   _series("shmpiped_worker_major_page_faults_total", w, "0x40"),
+                   _series("shmpiped_worker_cpu_seconds_total", w, "0+0.3x40"),
                    _series("shmpiped_worker_exec_seconds_sum", w, "0+0.0075x40"),
                    _series("shmpiped_worker_exec_seconds_count", w, "0+150x40")]
+        series += [_series("shmpiped_worker_scheduling_policy", f'{w}, state="{p}"', "1x40" if p == "fifo" else "0x40")
+                   for p in SCHEDULING_POLICIES]
         series += [_series("shmpiped_worker_exec_seconds_bucket", f'{w}, le="{le}"',
                            "0x40" if le == "1e-05" else "0+150x40") for le in bounds]
     for stream in ("frames", "dm_command"):
@@ -321,6 +351,8 @@ def test_compose_example():
     daemon = services["shmpiped"]
     assert daemon["image"] == "shmpiped:latest" and daemon["ipc"] == "host"
     assert " ".join(daemon["command"]) == "shmpiped run --http-address 0.0.0.0:9750"
+    # Real time, as the README's `docker run --cap-add SYS_NICE --ulimit rtprio=99 --ulimit memlock=-1`.
+    assert daemon["cap_add"] == ["SYS_NICE"] and daemon["ulimits"] == {"rtprio": 99, "memlock": -1}
     assert services["prometheus"]["image"].startswith("prom/prometheus")
     assert services["grafana"]["image"].startswith("grafana/grafana")
     prometheus = _mounts(services["prometheus"])

@@ -144,3 +144,61 @@ def test_killed_worker_shows_in_prometheus(monitored, namespace):
     changes = server.value(
         f'changes(shmpiped_worker_health{{pipeline="{namespace}",worker="stage",state="active"}}[1m])')
     assert changes is not None and changes >= 2  # active -> not active -> active
+
+
+# ---------------------------------------------------------------------- real time (issue 13)
+
+
+@pytest.fixture
+def monitored_realtime(tmp_path, namespace, daemons):
+    """A daemon whose worker runs SCHED_FIFO 50 with locked memory, scraped every second."""
+    from shmpiped.config import PipelineConfig
+    from shmpiped.realtime import privilege_problems
+
+    from .conftest import unavailable
+
+    path = tmp_path / "p.yaml"
+    write_pipeline(path, namespace, rate=500)
+    path.write_text(path.read_text() + "realtime: {policy: fifo, priority: 50, lock_memory: true, required: true}\n")
+    problems = privilege_problems(PipelineConfig.from_yaml(str(path)))
+    if problems:
+        unavailable("needs CAP_SYS_NICE and CAP_IPC_LOCK (run as root): " + "; ".join(problems), "real-time metrics")
+    daemon = daemons(path, namespace, tmp_path)
+    daemon.wait_ready()
+    server = PrometheusServer(tmp_path, f"127.0.0.1:{daemon.port}")
+    try:
+        wait_for(lambda: _up(server), timeout=60, interval=0.5)
+        wait_for(lambda: (server.value("count_over_time(shmpiped_worker_cpu_seconds_total[1m])") or 0) >= 8,
+                 timeout=60, interval=0.5)
+        yield daemon, server
+    finally:
+        server.stop()
+
+
+def test_real_time_panels_and_alert_see_the_real_time_worker(monitored_realtime, namespace):
+    """The worker dashboard's real-time panels return the worker's series, and the alert's selector picks it
+    (and only the condition it watches keeps it quiet: a healthy fifo worker is not preempted)."""
+    from .promql_catalogue import alert_expressions, dashboard_queries, substitute
+
+    daemon, server = monitored_realtime
+    selector = f'pipeline="{namespace}",worker="stage"'
+    assert server.value(f"shmpiped_worker_scheduling_policy{{{selector},state=\"fifo\"}}") == 1.0
+    assert server.value(f"shmpiped_worker_realtime_priority{{{selector}}}") == 50.0
+    assert server.value(f"shmpiped_worker_memory_locked_bytes{{{selector}}}") > 64 << 20
+    # The counters move while frames flow: the loop parks on its input, the process uses CPU.
+    assert server.value(f"rate(shmpiped_worker_voluntary_context_switches_total{{{selector}}}[30s])") > 0
+    assert server.value(f"rate(shmpiped_worker_cpu_seconds_total{{{selector}}}[30s])") > 0
+    realtime_panels = [(panel, expr) for uid, panel, expr in dashboard_queries()
+                       if "shmpiped_worker_scheduling_policy" in expr or "page_faults" in expr
+                       or "context_switches" in expr or "cpu_seconds" in expr or "realtime_priority" in expr]
+    assert len(realtime_panels) >= 6
+    for panel, expr in realtime_panels:
+        result = server.query(substitute(expr, namespace, "stage"))
+        assert result, (panel, expr)
+    # The policy panel shows fifo: its code is fifo's position in the list (2).
+    [(_, policy)] = [(p, e) for p, e in realtime_panels if p == "Scheduling policy"]
+    assert [float(r["value"][1]) for r in server.query(substitute(policy, namespace, "stage"))] == [2.0]
+    [expr] = [e for name, e in alert_expressions() if name == "ShmpipedRealtimeWorkerDisturbed"]
+    watched = expr.rstrip().rsplit("and on (instance, job, pipeline, worker)", 1)[1]
+    assert [r["metric"]["worker"] for r in server.query(watched)] == ["stage"]
+    assert server.query(expr) == []

@@ -22,6 +22,7 @@ caps it.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -448,3 +449,130 @@ def test_full_sandbox_keeps_the_pipeline_shared_memory_and_devices_working(boot)
     machine.systemctl("stop", UNIT)
     assert machine.show(UNIT, "Result")["Result"] == "success"
     assert segments(machine, namespace) == []
+
+
+# ---------------------------------------------------------------------- real time: the drop-in realtime.conf
+
+DROP_IN = UNITS / "realtime.conf"
+RT_PIPELINE = """\
+namespace: {namespace}
+realtime: {{policy: fifo, priority: 50, lock_memory: true, required: true}}
+shared_memory:
+  - {{name: frames, shape: [16], dtype: float32}}
+  - {{name: scaled, shape: [16], dtype: float32}}
+sources:
+  - {{name: camera, kind: synthetic.array, stream: frames, parameters: {{pattern: ramp, rate_hz: 200}}}}
+kernels:
+  - {{name: scale, kind: cpu.scale, input: frames, output: scaled, parameters: {{factor: 2.0}}, realtime: {{priority: 60}}}}
+"""
+
+
+def test_drop_in_grants_the_real_time_privileges():
+    settings = unit_settings(DROP_IN)
+    assert {key: values[-1] for key, values in settings.items()} == {
+        "LimitRTPRIO": "99", "LimitMEMLOCK": "infinity", "AmbientCapabilities": "CAP_SYS_NICE CAP_IPC_LOCK"}
+    assert DROP_IN.read_text().count("[Service]") == 1
+    # The units allow exactly what it grants, and do not forbid real-time scheduling.
+    for unit in (SERVICE, TEMPLATE):
+        one = {key: values[-1] for key, values in unit_settings(unit).items()}
+        assert one["CapabilityBoundingSet"] == "CAP_SYS_NICE CAP_IPC_LOCK" and one["RestrictRealtime"] == "no"
+        assert "realtime.conf" in unit.read_text()
+
+
+@pytest.mark.parametrize("unit, name", [(SERVICE, "shmpiped.service"), (TEMPLATE, "shmpiped@lab.service")],
+                         ids=["shmpiped.service", "shmpiped@lab.service"])
+def test_systemd_analyze_verify_with_the_drop_in(tmp_path, executable, unit, name):
+    """The drop-in in <unit>.d/, as installed: verify reads it (a bad key there would be reported)."""
+    unit_for_verify(unit, tmp_path, executable)
+    drop_ins = tmp_path / f"{unit.name}.d"
+    drop_ins.mkdir()
+    shutil.copy2(DROP_IN, drop_ins / "realtime.conf")
+    try:
+        done = systemd_analyze_verify(tmp_path / name)
+    except Unavailable as exc:
+        unavailable(str(exc))
+    output = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 0 and not output, "\n".join(output)
+    (drop_ins / "typo.conf").write_text("[Service]\nLimitRTPRI0=99\n")
+    done = systemd_analyze_verify(tmp_path / name)
+    assert "LimitRTPRI0" in done.stdout + done.stderr  # the check above reads the drop-ins for real
+
+
+def test_drop_in_keeps_the_exposure_low(tmp_path, executable):
+    """``systemd-analyze security --offline``: the unit alone and with the drop-in (ambient capabilities
+    cost a little), both within the unit's bound."""
+    copy = unit_for_verify(SERVICE, tmp_path, executable)
+
+    def exposure() -> float:
+        done = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(copy)],
+                              capture_output=True, text=True, timeout=60)
+        found = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
+        if found is None and "offline" in done.stderr:
+            unavailable(f"this systemd-analyze cannot score units offline (needs systemd 250+): {done.stderr}")
+        assert found, done.stdout + done.stderr
+        return float(found.group(1))
+
+    if shutil.which("systemd-analyze") is None:
+        unavailable("systemd-analyze is not installed (.ci/install-systemd.sh installs systemd)")
+    before = exposure()
+    (tmp_path / "shmpiped.service.d").mkdir()
+    shutil.copy2(DROP_IN, tmp_path / "shmpiped.service.d" / "realtime.conf")
+    after = exposure()
+    print(f"systemd-analyze security: {before} without realtime.conf, {after} with it")
+    assert before < after <= before + 0.2 and after <= 4.5, (before, after)
+
+
+@pytest.fixture
+def rt_options():
+    """docker run options giving the container a real-time budget where the kernel needs one."""
+    from .realtime_support import rt_budget
+
+    budget = rt_budget()
+    try:
+        options = budget.__enter__()
+    except Unavailable as exc:
+        unavailable(str(exc))
+    yield options
+    budget.__exit__(None, None, None)  # after `boot` removed its containers (set up later, torn down first)
+
+
+def test_the_drop_in_runs_the_workers_sched_fifo_and_without_it_exits_78(rt_options, boot):
+    """A machine whose capability bounding set has CAP_SYS_NICE and CAP_IPC_LOCK (Docker's default set
+    lacks them, a host's has them): with the drop-in the unit's workers run SCHED_FIFO with locked
+    memory, as the user shmpiped; without it, `required: true` exits 78 and is not restarted."""
+    machine = boot("--cap-add", "SYS_NICE", "--cap-add", "IPC_LOCK", *rt_options)
+    namespace = new_namespace()
+    machine.write_file("/etc/shmpiped/rt.yaml", RT_PIPELINE.format(namespace=namespace))
+    configure(machine, SHMPIPED_PIPELINE="/etc/shmpiped/rt.yaml", SHMPIPED_NAMESPACE=namespace)
+    # As deploy/systemd/README.md installs it.
+    machine.exec("install", "-d", "/etc/systemd/system/shmpiped.service.d")
+    machine.write_file("/etc/systemd/system/shmpiped.service.d/realtime.conf", DROP_IN.read_text())
+    machine.systemctl("daemon-reload")
+    pid = start_and_wait_active(machine)["MainPID"]
+    uid = machine.exec("id", "-u", "shmpiped").stdout.strip()
+    workers = [p for p, parent in machine.processes(uid).items() if parent == pid]
+    assert len(workers) == 1, machine.processes(uid)
+    stat = machine.exec("cat", f"/proc/{workers[0]}/stat").stdout.rsplit(")", 1)[1].split()
+    assert (stat[38], stat[37]) == ("1", "60"), stat   # SCHED_FIFO, the kernel's own priority
+    status = machine.exec("cat", f"/proc/{workers[0]}/status").stdout
+    assert int(re.search(r"^VmLck:\s+(\d+) kB", status, flags=re.MULTILINE).group(1)) > 0
+    assert re.search(rf"^Uid:\s+{uid}\s", status, flags=re.MULTILINE)
+    assert re.search(r"^CapAmb:\s+0*804000$", status, flags=re.MULTILINE), status  # CAP_SYS_NICE | CAP_IPC_LOCK
+    ctl = machine.exec("shmpiped", "ctl", "--namespace", namespace, "status", "--json").stdout
+    effective = json.loads(ctl)["workers"]["scale"]["realtime"]["effective"]
+    assert (effective["policy"], effective["priority"]) == ("fifo", 60)
+    machine.systemctl("stop", UNIT)
+    # The README's check with the unit's rights: `shmpiped doctor` in a transient unit.
+    done = machine.exec("systemd-run", "--quiet", "--pipe", "--wait", "-p", "User=shmpiped", "-p", "LimitRTPRIO=99",
+                        "-p", "LimitMEMLOCK=infinity", "-p", "AmbientCapabilities=CAP_SYS_NICE CAP_IPC_LOCK",
+                        "shmpiped", "doctor", "/etc/shmpiped/rt.yaml", "--json", check=False, timeout=90)
+    found = {f["name"]: f["status"] for f in json.loads(done.stdout)["findings"]}
+    assert found["scheduling-privileges"] == found["memory-lock-privileges"] == "ok", done.stdout + done.stderr
+
+    machine.exec("rm", "/etc/systemd/system/shmpiped.service.d/realtime.conf")
+    machine.systemctl("daemon-reload")
+    machine.systemctl("start", "--no-block", UNIT)
+    props = machine.wait_for(UNIT, lambda p: p["ActiveState"] == "failed", timeout=60)
+    assert props["ExecMainStatus"] == "78" and props["NRestarts"] == "0", props
+    journal = machine.journal(UNIT)
+    assert "realtime.required is true" in journal and "deploy/systemd/realtime.conf" in journal, journal
