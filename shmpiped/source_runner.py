@@ -33,6 +33,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -83,17 +84,27 @@ class SharedStopFlag:
     """The plugin's stop "event" in the source process: the record's stop request word.
 
     It offers what plugins use of a ``threading.Event`` (``is_set``, ``wait``,
-    ``set``); its ``wait`` keeps the record's heartbeat and the housekeeping
-    going while the source idles.
+    ``set``).  The loop and the plugins ask it all the time (each loop turn,
+    each slice of a plugin's wait), so it also runs the process's housekeeping
+    when due (``due``, monotonic ns), in the main thread only: a plugin that
+    blocks in ``read()`` or ``produce()`` still touches the heartbeat, reports
+    its metrics and notices its parent is gone.
     """
 
     def __init__(self, record, housekeeping):
         self._address = record.address + layout.REC_STOP_REQUEST
         self._set = False
         self._housekeeping = housekeeping
+        self._main_thread = threading.get_ident()
+        self.due = 0
 
     def is_set(self) -> bool:
-        return self._set or bool(_sync.load_u64(self._address))
+        if self._set or _sync.load_u64(self._address):
+            return True
+        now = time.monotonic_ns()
+        if now >= self.due and threading.get_ident() == self._main_thread:
+            self._housekeeping(now)
+        return self._set
 
     def set(self) -> None:
         self._set = True
@@ -101,7 +112,6 @@ class SharedStopFlag:
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
         while not self.is_set():
-            self._housekeeping(time.monotonic_ns())
             remaining = STOP_SLICE_S if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -126,7 +136,6 @@ class ProcessSourceLoop(SourceController):
         self.record = record
         self.parent_pid = parent_pid
         self._stop_flag = stop_flag
-        self._next_housekeeping = 0
         self._metrics_text = b""
         super().__init__(config, plugin, streams, pause_flag)
         self._stop = stop_flag  # the record's stop word (the context's event already is; this makes sure)
@@ -140,9 +149,9 @@ class ProcessSourceLoop(SourceController):
         self.record.set_state(layout.WS_RUNNING)
         self.started_at = time.time()
         self._meter.start()
-        self.housekeeping(time.monotonic_ns(), force=True)
+        self.housekeeping(time.monotonic_ns())
         self._main()
-        self.housekeeping(time.monotonic_ns(), force=True)
+        self.housekeeping(time.monotonic_ns())
 
     def _fail(self, exc: BaseException) -> None:
         if not isinstance(exc, _Stop):  # SIGTERM inside the loop is a stop, not a failure
@@ -154,14 +163,10 @@ class ProcessSourceLoop(SourceController):
         count = self.stream.count
         for _ in range(n):
             self.record.record_frame(exec_ns, now, count, 0)
-        if now >= self._next_housekeeping:
-            self.housekeeping(now)
 
-    def housekeeping(self, now: int, force: bool = False) -> None:
-        """At most every METRICS_INTERVAL_NS: heartbeat, parent check, plugin_metrics."""
-        if now < self._next_housekeeping and not force:
-            return
-        self._next_housekeeping = now + METRICS_INTERVAL_NS
+    def housekeeping(self, now: int) -> None:
+        """Heartbeat, parent check, plugin_metrics (the stop flag calls it every METRICS_INTERVAL_NS)."""
+        self._stop_flag.due = now + METRICS_INTERVAL_NS
         self.record.heartbeat(now)
         if os.getppid() != self.parent_pid:
             self._stop_flag.set()

@@ -368,3 +368,37 @@ def test_the_supervisor_restarts_source_processes_without_a_watchdog():
     assert supervisor.review(status(failed), 3.0, {}).restart == ()
     verdict = supervisor.review(status(failed), 5.0, {})
     assert verdict.exhausted and "'camera' failed 2 times" in verdict.exhausted  # the budget is shared with workers
+
+
+def test_a_pyshmem_camera_feeds_the_pipeline_through_a_source_process(namespace, manager_factory, tmp_path,
+                                                                      monkeypatch):
+    pyshmem = pytest.importorskip("pyshmem", reason="pyshmem is in the test extra: pip install -e '.[test]'")
+    from .test_pyshmem_bridge import CAMERA_DRIVER, Driver, camera_pipeline, collect
+
+    monkeypatch.setenv("PYSHMEM_LOCK_DIR", str(tmp_path / "pyshmem-locks"))
+    name = f"{namespace}-camera"
+    driver = Driver(CAMERA_DRIVER, name, 20, "float64", "notify")
+    try:
+        config = camera_pipeline(namespace, name)
+        config["sources"][0]["process"] = True
+        manager = manager_factory(config).build().start()
+        output = manager.get_stream("output")
+        driver.tell("go")
+        arrived = collect(output, 20)
+        assert driver.reply() == "sent 20"
+        driver.tell("stop")
+        driver.finish()
+        assert name not in pyshmem.list_streams()  # the driver removed its stream; the source made none
+        for i, (publication, received_ns) in enumerate(arrived, start=1):
+            sent, sent_ns = publication.payload / 2
+            # The driver's frame id and origin time crossed the source process into the pipeline.
+            assert (sent, publication.frame_id) == (i, 1000 + i)
+            assert sent_ns - 50_000 <= publication.origin_ns <= received_ns
+        entry = wait_for(lambda: (s := manager.status()["sources"]["camera"])["plugin_metrics"].get(
+            "frames_forwarded") == 20 and s)
+        assert entry["process"] is True and entry["pid"] != os.getpid()
+    finally:
+        if driver.process.poll() is None:
+            driver.process.kill()
+            driver.process.wait()
+        pyshmem.unlink_quiet(name)  # after a failure above: the driver was killed before removing it
