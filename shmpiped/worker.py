@@ -26,6 +26,11 @@ inputs into buffers allocated once: it checks the copy was not lapped before
 the kernel runs, so it computes the newest frame it could copy whole.  The
 record's ``REC_INPUT_COPY`` word tells the manager.
 
+Real-time settings (``spec.realtime``, the pipeline's merged with the kernel's) are applied by
+the worker to itself through ``shmpiped.realtime``: its CPUs first, then, once its streams and
+kernel exist, locked memory and the scheduling policy; the wait strategy and spin time of its
+trigger inputs come from the same settings.
+
 A worker that fails writes its traceback into its telemetry record, sets its
 state to failed and exits 1.  It exits by itself (status 0) when the manager
 asks it to stop, and when the process that started it has gone.
