@@ -247,7 +247,9 @@ class Daemon:
         self._reload_answers = []
         self._reload_thread.start()
 
-    def _finish_reload(self) -> None:
+    def _finish_reload(self) -> tuple[list, bool]:
+        """Take in the reload thread's outcome; returns the `ctl reload` answers (to send once the
+        snapshot that reflects the outcome is published) and whether the control socket must move."""
         thread, self._reload_thread = self._reload_thread, None
         outcome = thread.outcome
         if outcome.ok:
@@ -268,10 +270,8 @@ class Daemon:
             self.last_reload_successful = False
             log.error("reload failed: %s", outcome.message)
             answer = ReloadFailed(outcome.message)
-        self._answer([(future, answer) for future in thread.answers])
-        if outcome.manager is not None:
-            self._restart_control_socket()
         self.notifier.ready(None if outcome.ok else f"reload failed: {outcome.message}")
+        return [(future, answer) for future in thread.answers], outcome.manager is not None
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -395,10 +395,11 @@ class Daemon:
             if deadline is not None and began >= deadline:
                 log.info("stopping: --duration elapsed")
                 break
+            reloaded, move_socket = [], False
             if self._reload_thread is not None and not self._reload_thread.is_alive():
-                self._finish_reload()
+                reloaded, move_socket = self._finish_reload()
             reloading = self._reload_thread is not None
-            answers = self._run_commands(reloading)
+            answers = reloaded + self._run_commands(reloading)
             if self._reload_requested and not reloading:
                 self._begin_reload()
                 reloading = True
@@ -414,6 +415,8 @@ class Daemon:
             if snapshot:
                 self._publish(snapshot, began)
             self._answer(answers)
+            if move_socket:  # after the answers: closing the old socket waits for its connections
+                self._restart_control_socket()
             now = time.monotonic()
             if self.notifier.watchdog_interval_s and now >= next_watchdog:
                 self.notifier.watchdog()
