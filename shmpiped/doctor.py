@@ -112,9 +112,9 @@ class Request:
     @property
     def settings(self) -> list:
         """The effective RealtimeConfig of every worker (and source process)."""
-        from .realtime import _settings_of
+        from .realtime import settings_of
 
-        return _settings_of(self.subject)
+        return settings_of(self.subject)
 
     @property
     def realtime_policy(self) -> bool:

@@ -113,14 +113,14 @@ class Privileges:
                 "rlimit_rtprio": self.rtprio_limit, "rlimit_memlock_bytes": self.memlock_limit}
 
 
-def _settings_of(settings) -> list[RealtimeConfig]:
+def settings_of(settings) -> list[RealtimeConfig]:
     """RealtimeConfig, a PipelineConfig (every worker's and process source's merged settings), or several."""
     if isinstance(settings, RealtimeConfig):
         return [settings]
     if hasattr(settings, "kernels") and hasattr(settings, "realtime"):
         nodes = list(settings.kernels) + [s for s in settings.sources if getattr(s, "process", False)]
         return [settings.realtime_for(node) for node in nodes] or [settings.realtime]
-    return [item for entry in settings for item in _settings_of(entry)]
+    return [item for entry in settings for item in settings_of(entry)]
 
 
 def memory_lock_need(config=None) -> int:
@@ -143,7 +143,7 @@ def privilege_problems(settings, privileges: Privileges | None = None) -> list[s
     """What this process lacks to apply ``settings`` (a RealtimeConfig, a PipelineConfig, or several):
     one line per missing privilege, naming it and what it is needed for; empty when nothing is missing."""
     privileges = privileges or Privileges.of_this_process()
-    all_settings = _settings_of(settings)
+    all_settings = settings_of(settings)
     problems = []
     priorities = [s.priority for s in all_settings if s.realtime_policy]
     if priorities and not privileges.may_use_priority(max(priorities)):
@@ -171,7 +171,8 @@ def fixes() -> str:
         "AmbientCapabilities=CAP_SYS_NICE CAP_IPC_LOCK) as /etc/systemd/system/shmpiped.service.d/realtime.conf "
         "(or shmpiped@.service.d/), then systemctl daemon-reload and restart",
         "Kubernetes: helm upgrade ... --set realtime.enabled=true (the chart's real-time option: the "
-        "container's capabilities and limits, and the pipeline's realtime block)",
+        "container's SYS_NICE and IPC_LOCK capabilities, run as uid 0 because Kubernetes gives added "
+        "capabilities to root only (realtime.runAsRoot), and the pipeline's realtime block)",
         "a shell: run as root, or raise the limits first: prlimit --rtprio=99 --memlock=unlimited --pid $$",
     ))
 

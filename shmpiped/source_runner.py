@@ -27,26 +27,22 @@ gone) exits 0.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import signal
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 
 import numpy
 
-from . import spawning, worker_output
+from . import child
 from .endpoints import SourceController, _CallRunner
 from .shm import _sync, layout
 
 __all__ = ["METRICS_MAX", "METRICS_OFFSET", "SourceProcessSpec", "encode_spec", "main", "run"]
 
-EXIT_FAILED = 1
 #: How often the process refreshes its plugin_metrics, checks its parent and touches its heartbeat.
 METRICS_INTERVAL_NS = 250_000_000
 #: Longest single sleep of the process's stop "event", so a stop request is seen promptly.
@@ -210,13 +206,12 @@ def run(spec: SourceProcessSpec) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     from .kernels.registry import KernelRegistry
     from .shm.stream import Stream
-    from .worker import _claim_record
 
     record = None
     streams: list = []
     config = spec.source
     try:
-        block, record = _claim_record(spec.block_name, spec.record_index, spec.spawn_token)
+        block, record = child.claim_record(spec.block_name, spec.record_index, spec.spawn_token)
         record.start(os.getpid(), None)
         record.set_state(layout.WS_STARTING)
         _apply_realtime(spec.realtime, config.name)
@@ -244,7 +239,7 @@ def run(spec: SourceProcessSpec) -> int:
         loop = ProcessSourceLoop(config, plugin, outputs, stop_flag, pause_flag, record, spec.parent_pid)
         loop.run_here()
         if loop.failure is not None:
-            return _report_failure(record, config.name, loop.last_error, loop.traceback)
+            return child.report_failure(record, "source", config.name, loop.last_error, loop.traceback)
         record.set_state(layout.WS_STOPPED)
         return 0
     except _Stop:
@@ -252,76 +247,23 @@ def run(spec: SourceProcessSpec) -> int:
             record.set_state(layout.WS_STOPPED)
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we exit
-        return _report_failure(record, config.name, str(exc) or type(exc).__name__,
-                               "".join(traceback.format_exception(exc)))
+        return child.report_failure(record, "source", config.name, *child.explain(exc, typed=False))
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for stream in streams:
             stream.close()
 
 
-def _report_failure(record, name: str, error: str, text: str) -> int:
-    """Write the error and traceback where the manager reads them (and to stderr); the failure status."""
-    if record is not None:
-        record.write_error(f"{error}\n{text}")
-        record.set_state(layout.WS_FAILED)
-    summary = f"shmpiped source {name!r} (pid {os.getpid()}) failed: {error}"
-    try:
-        if os.environ.get(worker_output.RELAY_VARIABLE):
-            sys.stderr.write(worker_output.format_event_line("ERROR", summary, text.rstrip("\n")))
-        else:
-            sys.stderr.write(f"{summary}\n{text}")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass  # no stderr left (the manager is gone): the record holds the report
-    return EXIT_FAILED
-
-
-# ============================================================================ the envelope
-
-
 def encode_spec(spec: SourceProcessSpec) -> bytes:
     """What the manager writes to a new source process's standard input (see ``main``)."""
-    from .worker import _SpecPickler
-
-    buffer = io.BytesIO()
-    pickler = _SpecPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.dump(spec)
-    envelope = {
-        "source": spec.source.name,
-        "block_name": spec.block_name,
-        "record_index": spec.record_index,
-        "spawn_token": spec.spawn_token,
-        "main": spawning.main_module_reference() if pickler.uses_main else None,
-        "spec": buffer.getvalue(),
-    }
-    return pickle.dumps(envelope, protocol=pickle.HIGHEST_PROTOCOL)
+    return child.encode_envelope(spec, "source", spec.source.name)
 
 
 def main() -> int:
     """Entry point of a source process (started by ``shmpiped.spawning``)."""
-    if os.environ.get(worker_output.RELAY_VARIABLE):
-        sys.stdout.reconfigure(line_buffering=True)
-    envelope = pickle.load(sys.stdin.buffer)
-    sys.stdin.close()
+    envelope = child.read_envelope()
     try:
-        from .compat import install_shmpipeline_fallback
-
-        install_shmpipeline_fallback()  # plugins written against shmpipeline import it even where it is absent
-        if envelope["main"] is not None:
-            spawning.import_parent_main(envelope["main"])
-        try:
-            spec = pickle.loads(envelope["spec"])
-        except (AttributeError, ImportError) as exc:
-            raise RuntimeError(f"source {envelope['source']!r}: its class cannot be loaded in its process: "
-                               f"{exc}") from exc
+        spec = child.load_spec(envelope)
     except BaseException as exc:  # noqa: BLE001 - reported where the manager reads failures
-        from .worker import _claim_record
-
-        try:
-            _, record = _claim_record(envelope["block_name"], envelope["record_index"], envelope["spawn_token"])
-        except Exception:  # noqa: BLE001 - the record is gone too: stderr is all we have
-            record = None
-        return _report_failure(record, envelope["source"], str(exc) or type(exc).__name__,
-                               "".join(traceback.format_exception(exc)))
+        return child.report_unloadable(envelope, exc)
     return run(spec)

@@ -43,30 +43,23 @@ is one record with the traceback inside.  Nothing per frame is written.
 
 from __future__ import annotations
 
-import io
 import linecache
 import os
-import pickle
 import re
 import signal
-import sys
 import time
-import traceback
-import types
 import warnings
 from dataclasses import dataclass, field
 
 import numpy
 
-from . import realtime, spawning, worker_output
+from . import child, realtime
 from .errors import KernelExecutionError
 from .shm import device, layout
 from .shm.device_stream import HostStreamOnDevice
 from .shm.stream import Stream
-from .shm.telemetry import NamespaceBlock
 
 PARENT_CHECK_NS = 250_000_000
-EXIT_FAILED = 1
 #: Consecutive frames lapped while computing after which a CPU worker reads private copies of its inputs.
 COPY_AFTER_OVERRUNS = 3
 
@@ -114,7 +107,7 @@ def run(spec: WorkerSpec) -> int:
     record = None
     streams: list[Stream] = []
     try:
-        block, record = _claim_record(spec.block_name, spec.record_index, spec.spawn_token)
+        block, record = child.claim_record(spec.block_name, spec.record_index, spec.spawn_token)
         record.start(os.getpid(), spec.cpu_slot)
         record.set_state(layout.WS_STARTING)
         settings = spec.realtime or realtime.RealtimeConfig()
@@ -163,7 +156,8 @@ def run(spec: WorkerSpec) -> int:
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we exit
         kernel_name = getattr(spec.kernel, "name", "?")
-        return _report_failure(record, kernel_name, _explain_input_write(exc, kernel_name, streams))
+        return child.report_failure(record, "kernel", kernel_name,
+                                    *child.explain(_explain_input_write(exc, kernel_name, streams)))
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for stream in streams:
@@ -498,90 +492,16 @@ def _explain_input_write(exc: BaseException, kernel_name: str, streams) -> BaseE
     return exc
 
 
-def _claim_record(block_name: str, index: int, spawn_token: int):
-    """(block, record) of this spawn; raises if the manager gave the record to another spawn meanwhile."""
-    block = NamespaceBlock.attach_segment(block_name)
-    record = block.worker_record(index)
-    if record.get(layout.REC_SPAWN_TOKEN) != spawn_token:
-        raise RuntimeError("telemetry record was reassigned before this worker started")
-    return block, record
-
-
-def _report_failure(record, kernel_name: str, exc: BaseException) -> int:
-    """Write the traceback where the manager reads it (and to stderr); the exit status of a failure.
-
-    When the manager relays this worker's output as log records, the report on
-    stderr is one framed line, so that it is one record with the traceback inside.
-    """
-    text = "".join(traceback.format_exception(exc))
-    if record is not None:
-        record.write_error(f"{type(exc).__name__}: {exc}\n{text}")
-        record.set_state(layout.WS_FAILED)
-    summary = f"shmpiped worker {kernel_name!r} (pid {os.getpid()}) failed: {type(exc).__name__}: {exc}"
-    try:
-        if os.environ.get(worker_output.RELAY_VARIABLE):
-            sys.stderr.write(worker_output.format_event_line("ERROR", summary, text.rstrip("\n")))
-        else:
-            sys.stderr.write(f"shmpiped worker {kernel_name!r} failed:\n{text}")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass  # no stderr left (the manager is gone): the record holds the report
-    return EXIT_FAILED
-
-
-class _SpecPickler(pickle.Pickler):
-    """Pickles a WorkerSpec and notes whether it refers to anything defined in ``__main__``."""
-
-    uses_main = False
-
-    def reducer_override(self, obj):
-        if getattr(obj, "__module__", None) == "__main__" and isinstance(obj, (type, types.FunctionType)):
-            self.uses_main = True
-        return NotImplemented
-
-
 def encode_spec(spec: WorkerSpec) -> bytes:
     """What the manager writes to a new worker's standard input (see ``main``)."""
-    buffer = io.BytesIO()
-    pickler = _SpecPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.dump(spec)
-    envelope = {
-        "kernel": spec.kernel.name,
-        "block_name": spec.block_name,
-        "record_index": spec.record_index,
-        "spawn_token": spec.spawn_token,
-        "main": spawning.main_module_reference() if pickler.uses_main else None,
-        "spec": buffer.getvalue(),
-    }
-    return pickle.dumps(envelope, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _load_spec(envelope: dict) -> WorkerSpec:
-    """Import what the spec refers to (the manager's main module, shmpipeline plugins), then unpickle it."""
-    from .compat import install_shmpipeline_fallback
-
-    install_shmpipeline_fallback()  # plugins written against shmpipeline import it even where it is absent
-    if envelope["main"] is not None:
-        spawning.import_parent_main(envelope["main"])
-    try:
-        return pickle.loads(envelope["spec"])
-    except (AttributeError, ImportError) as exc:
-        raise RuntimeError(f"kernel {envelope['kernel']!r}: its class cannot be loaded in the worker: {exc}"
-                           ) from exc
+    return child.encode_envelope(spec, "kernel", spec.kernel.name)
 
 
 def main() -> int:
     """Entry point of a worker process (started by ``shmpiped.spawning``)."""
-    if os.environ.get(worker_output.RELAY_VARIABLE):
-        sys.stdout.reconfigure(line_buffering=True)  # a pipe to the manager's relay: a print is a line at once
-    envelope = pickle.load(sys.stdin.buffer)
-    sys.stdin.close()
+    envelope = child.read_envelope()
     try:
-        spec = _load_spec(envelope)
+        spec = child.load_spec(envelope)
     except BaseException as exc:  # noqa: BLE001 - reported where the manager reads failures
-        try:
-            _, record = _claim_record(envelope["block_name"], envelope["record_index"], envelope["spawn_token"])
-        except Exception:  # noqa: BLE001 - the record is gone too: stderr is all we have
-            record = None
-        return _report_failure(record, envelope["kernel"], exc)
+        return child.report_unloadable(envelope, exc)
     return run(spec)
