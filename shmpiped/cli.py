@@ -175,6 +175,9 @@ def _optional(value: str | None) -> str | None:
                    "[default: max(5, 4 x its read_timeout)].")
 @click.option("--target-rate", envvar="SHMPIPED_TARGET_RATE", type=float, default=None,
               help="Expected loop rate in Hz, exported for the loop-rate alert.")
+@click.option("--latency-budget", envvar="SHMPIPED_LATENCY_BUDGET", type=click.FloatRange(min=0, min_open=True),
+              default=0.002, show_default=True,
+              help="End-to-end latency budget in seconds, exported for the latency alert and dashboards.")
 @click.option("--fail-fast/--no-fail-fast", envvar="SHMPIPED_FAIL_FAST", default=True, show_default=True,
               help="Exit 70 when a worker spends its restart budget (else stay up, failed).")
 @click.option("--log-level", "run_log_level", envvar="SHMPIPED_LOG_LEVEL", default="INFO", show_default=True,
@@ -189,7 +192,7 @@ def _optional(value: str | None) -> str | None:
               help="Accepted for shmpipeline compatibility; the supervisor loop runs at 10 Hz.")
 @click.option("--debug-commands", is_flag=True, hidden=True, envvar="SHMPIPED_DEBUG_COMMANDS")
 def run(pipeline, namespace, http_address, control_socket, restart_budget, restart_window, backoff_initial,
-        backoff_max, watchdog_timeout, target_rate, fail_fast, run_log_level, log_format, status_interval,
+        backoff_max, watchdog_timeout, target_rate, latency_budget, fail_fast, run_log_level, log_format, status_interval,
         duration, json_status, poll_interval, debug_commands) -> None:
     """Run PIPELINE (default: the embedded adaptive-optics demo) as a supervised daemon.
 
@@ -214,7 +217,7 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
         pipeline=pipeline, namespace=namespace, http_address=_optional(http_address),
         control_socket=None if control_socket.lower() in ("none", "off") else control_socket,
         policy=policy, fail_fast=fail_fast, duration=duration, status_interval=status_interval,
-        target_rate_hz=target_rate, debug_commands=debug_commands,
+        target_rate_hz=target_rate, latency_budget_s=latency_budget, debug_commands=debug_commands,
     )
     daemon = Daemon(settings)
     status = daemon.run()

@@ -69,6 +69,7 @@ class DaemonSettings:
     status_interval: float = 5.0          # seconds between STATUS updates and status log lines
     loop_interval: float = 0.1
     target_rate_hz: float | None = None   # exported for the "loop rate below target" alert
+    latency_budget_s: float = 0.002       # exported for the end-to-end latency alert and panels
     debug_commands: bool = False          # accept the 'debug' control command (tests only)
 
 
@@ -510,6 +511,7 @@ class Daemon:
             "restarts_total": self.supervisor.restarts_total,
             "restart_budget_exhausted": self.supervisor.exhausted,
             "target_rate_hz": self.settings.target_rate_hz,
+            "latency_budget_s": self.settings.latency_budget_s,
             "reload_error": self.reload_error,
             "reloading": self._reload_thread is not None,
             "last_reload_successful": self.last_reload_successful,
