@@ -9,6 +9,7 @@ key is described in docs/status.md.
 from __future__ import annotations
 
 import collections
+import time
 
 from . import health, realtime
 from .config_realtime import RealtimeConfig
@@ -45,12 +46,15 @@ def worker_entry(handle, snap, now_ns: int, *, failed: bool, state: str, restart
         idle_s = age_s = None
     entry = {
         "pid": handle.pid,
+        "kind": handle.config.kind,
         "alive": alive,
         "exitcode": handle.exitcode,
         "cpu_slot": handle.cpu_slot,
         "health": worker_health,
         "idle_s": idle_s,
         "last_metric_age_s": age_s,
+        **_timestamps(snap, now_ns),
+        "gpu_uuid": snap.gpu_uuid if snap is not None else None,
         "restarts": restarts,
     }
     entry["realtime"], entry["proc"] = realtime_entry(handle, alive, list(realtime_problems))
@@ -58,10 +62,22 @@ def worker_entry(handle, snap, now_ns: int, *, failed: bool, state: str, restart
     if snap is not None and snap.frames:
         metrics = worker_metrics(handle, snap, now_ns)
         entry.update(metrics)
-        entry["exec_histogram"] = health.histogram(snap, layout.REC_EXEC_HIST, layout.REC_EXEC_SUM_NS)
+        entry["exec_histogram"] = {**health.histogram(snap, layout.REC_EXEC_HIST, layout.REC_EXEC_SUM_NS),
+                                   "sumsq_s2": snap.exec_sumsq_s2}
     elif snap is not None:  # no frame yet: lapped every time, or a frame-id barrier still skipping
         entry.update(health.wait_counters(snap))
     return entry, metrics
+
+
+def _timestamps(snap, now_ns: int) -> dict:
+    """Wall-clock times (Unix seconds) of the worker's last completed frame and of its last record update
+    (heartbeat); None when it has none.  Unlike ``idle_s``, they stay true in a snapshot served late."""
+    if snap is None:
+        return {"last_frame_time": None, "heartbeat_time": None}
+    wall_now = time.time()
+    as_wall = lambda mono_ns: wall_now - (now_ns - mono_ns) / 1e9 if mono_ns else None  # noqa: E731
+    return {"last_frame_time": as_wall(snap.field(layout.REC_LAST_FRAME_NS)),
+            "heartbeat_time": as_wall(snap.field(layout.REC_HEARTBEAT_NS))}
 
 
 def worker_metrics(handle, snap, now_ns: int) -> dict:

@@ -100,6 +100,20 @@ def _affinity(spec: WorkerSpec):
     return None if spec.cpu_slot is None else (spec.cpu_slot,)
 
 
+def _device_uuid(backend, index: int) -> bytes | None:
+    """The 16-byte UUID of CUDA device ``index`` (cudaDeviceProp.uuid), None when the backend has none
+    (the emulated backend) or the runtime does not report it."""
+    if getattr(backend, "name", None) != "cuda":
+        return None
+    try:
+        uuid = backend.xp.cuda.runtime.getDeviceProperties(index).get("uuid")
+    except Exception:  # noqa: BLE001 - an identifier for the metrics only: never a reason to fail
+        return None
+    if isinstance(uuid, str):
+        uuid = uuid.encode("latin-1")
+    return bytes(uuid)[:16] if isinstance(uuid, (bytes, bytearray)) and len(uuid) >= 16 else None
+
+
 def run(spec: WorkerSpec) -> int:
     """Run the worker until asked to stop; returns the process exit status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the manager's to handle
@@ -124,6 +138,9 @@ def run(spec: WorkerSpec) -> int:
             backend = device.backend()
             backend.select(device.gpu_device_index(gpu_device))  # before the kernel allocates its buffers
             timer = backend.timer()
+            uuid = _device_uuid(backend, device.gpu_device_index(gpu_device))
+            if uuid:
+                record.set_gpu_uuid(uuid)  # shmpiped_worker_info's gpu_uuid, to join dcgm-exporter's series
         with warnings.catch_warnings():  # a legacy kind: the manager said so when it validated the file
             warnings.filterwarnings("ignore", message="kernel kind .* is deprecated", category=DeprecationWarning)
             kernel = registry.create(config, spec.shared_memory, config_base_dir=spec.config_base_dir)

@@ -15,11 +15,11 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .metrics import CONTENT_TYPE, render
+from .metrics import exposition, negotiate
 
 log = logging.getLogger("shmpiped.http")
 
@@ -30,23 +30,34 @@ REQUEST_TIMEOUT_S = 5.0
 class Published:
     """One immutable snapshot, as served.
 
-    The JSON and the Prometheus text are rendered on the first request that
-    needs them, in that request's thread, and then kept: the main loop pays
-    nothing for them, and a flood of requests for one snapshot renders once.
+    The JSON and each negotiated form of the metrics (text or OpenMetrics,
+    plain or gzip) are rendered on the first request that needs them, in that
+    request's thread, and then kept: the main loop pays nothing for them, and a
+    flood of requests for one snapshot renders each form once.
     """
 
     taken_at: float            # time.monotonic() when the main loop produced it
     snapshot: dict             # runtime_snapshot() plus the daemon's own figures; never mutated
     ready: bool
     ready_reason: str
+    _metrics: dict = field(default_factory=dict, compare=False, repr=False)  # (type, gzip) -> (body, headers)
 
     @cached_property
     def status_json(self) -> bytes:
         return json.dumps(self.snapshot, default=list).encode()
 
-    @cached_property
+    def metrics(self, accept: str | None, accept_encoding: str | None) -> tuple[bytes, list[tuple[str, str]]]:
+        """/metrics body and headers as prometheus_client negotiates them for these request headers."""
+        key = negotiate(accept, accept_encoding)
+        cached = self._metrics.get(key)
+        if cached is None:  # two racing requests render twice, harmlessly
+            cached = self._metrics[key] = exposition(self.snapshot, accept, accept_encoding)
+        return cached
+
+    @property
     def metrics_text(self) -> bytes:
-        return render(self.snapshot)
+        """The classic text exposition, uncompressed."""
+        return self.metrics(None, None)[0]
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -120,9 +131,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # access logs only at debug level: no log line per scrape
         log.debug("%s %s", self.address_string(), fmt % args)
 
-    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              headers: list[tuple[str, str]] = ()) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
@@ -141,7 +155,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif published is None:
             self._send(503, b"starting\n")
         elif path == "/metrics":
-            self._send(200, published.metrics_text, CONTENT_TYPE)
+            body, headers = published.metrics(self.headers.get("Accept"), self.headers.get("Accept-Encoding"))
+            headers = dict(headers)
+            content_type = headers.pop("Content-Type")
+            self._send(200, body, content_type, [*headers.items(), ("Vary", "Accept, Accept-Encoding")])
         elif path == "/readyz":
             body = (published.ready_reason + "\n").encode()
             self._send(200 if published.ready else 503, body)

@@ -10,12 +10,18 @@ Usage::
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(manager.runtime_snapshot))
 
-or, without a registry, ``render(snapshot) -> bytes`` with ``CONTENT_TYPE``.
+or, without a registry, ``render(snapshot) -> bytes`` with ``CONTENT_TYPE``, or
+``exposition(snapshot, accept, accept_encoding) -> (body, headers)``, which adds
+the process collector and negotiates the format (OpenMetrics or text) and gzip
+with prometheus_client's own helpers, as its HTTP server does.
 
 Rules (the catalogue is ``docs/metrics.md``):
 
 * labels are only ``pipeline`` (the snapshot's ``namespace``), ``worker``,
-  ``stream``, ``state``, and ``shmpiped_build_info``'s own;
+  ``stream``, ``state``, and the info families' own (``shmpiped_build_info``,
+  ``shmpiped_worker_info``): identifiers are labels of an info series, never values;
+* times are exported as Unix timestamps (``*_timestamp_seconds``), so that
+  ``time() - x`` keeps growing when the snapshot stops being refreshed;
 * a gauge whose source field is None or absent is omitted (never NaN); a
   live worker that has not completed a frame yet reports 0 frames, 0
   overruns and an all-zero exec histogram, so that ``rate()`` sees its first
@@ -27,7 +33,7 @@ Rules (the catalogue is ``docs/metrics.md``):
 * the optional ``snapshot["daemon"]`` dict::
 
     {"loop_duration_seconds": {"counts": [...], "sum_s": float, "bounds_s": [...]},
-     "loop_iterations_total": int, "started_at": float, "target_rate_hz": float | None,
+     "loop_iterations_total": int, "latency_budget_s": float, "target_rate_hz": float | None,
      "failures_total": int, "restarts_total": int, "last_reload_successful": bool,
      "last_reload_success_time": float}
 
@@ -37,6 +43,7 @@ Rules (the catalogue is ``docs/metrics.md``):
 from __future__ import annotations
 
 import functools
+import gzip
 import math
 import platform
 import sys
@@ -45,19 +52,21 @@ from importlib import metadata
 from typing import Any
 
 import numpy
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..health import HEALTH_STATES
 
-__all__ = ["CONTENT_TYPE", "PIPELINE_STATES", "WORKER_HEALTH_STATES", "SnapshotCollector", "render"]
+__all__ = ["CONTENT_TYPE", "PIPELINE_STATES", "WORKER_HEALTH_STATES", "SnapshotCollector", "exposition",
+           "render"]
 
 #: The Content-Type header of :func:`render`'s output: the classic text format 0.0.4, which every
 #: Prometheus reads.  (recent prometheus_client versions label their output 1.0.0, which differs only in how
@@ -243,18 +252,34 @@ def _workers(out: _Families, snap: Snapshot, pipeline: str, bounds: Any) -> None
                   _micro(entry.get("jitter_us_rms")))
         out.gauge("shmpiped_worker_throughput_hertz", "Completion rate over the last 1000 frames.",
                   labels, entry.get("throughput_hz"))
-        out.gauge("shmpiped_worker_idle_seconds", "Seconds since the worker last completed a frame.",
-                  labels, entry.get("idle_s"))
+        out.counter("shmpiped_worker_exec_seconds_squared_total",
+                    "Sum of the squared per-frame exec times (s^2): with _sum and _count of "
+                    "shmpiped_worker_exec_seconds, the exec-time jitter over any window.", labels,
+                    hist.get("sumsq_s2", 0.0 if fresh and not hist else None))
+        out.gauge("shmpiped_worker_last_frame_timestamp_seconds",
+                  "When the worker last completed a frame, seconds since the Unix epoch.", labels,
+                  entry.get("last_frame_time"))
+        out.gauge("shmpiped_worker_heartbeat_timestamp_seconds",
+                  "When the worker last updated its telemetry record (frame or wait), seconds since the "
+                  "Unix epoch.", labels, entry.get("heartbeat_time"))
+        out.gauge("shmpiped_worker_idle_seconds",
+                  "Deprecated (use time() - shmpiped_worker_last_frame_timestamp_seconds): seconds since the "
+                  "worker last completed a frame, as of the snapshot.", labels, entry.get("idle_s"))
         out.gauge("shmpiped_worker_last_metric_age_seconds",
-                  "Seconds since the worker last updated its telemetry record.", labels,
+                  "Deprecated (use time() - shmpiped_worker_heartbeat_timestamp_seconds): seconds since the "
+                  "worker last updated its telemetry record, as of the snapshot.", labels,
                   entry.get("last_metric_age_s"))
         out.counter("shmpiped_worker_restarts_total", "Times the worker was respawned.", labels,
                     entry.get("restarts"))
         out.counter("shmpiped_worker_overruns_total",
                     "Frames the worker dropped because the writer lapped it while it read them.", labels,
                     entry.get("overruns", 0 if fresh else None))
-        out.gauge("shmpiped_worker_cpu_slot", "CPU the worker process is pinned to.", labels,
-                  entry.get("cpu_slot"))
+        cpu = _number(entry.get("cpu_slot"))
+        out.gauge("shmpiped_worker_info",
+                  "Worker identity; constant 1: kernel kind, pinned CPU ('' when unpinned) and GPU UUID "
+                  "('' on the CPU; joins dcgm-exporter's UUID label).",
+                  {**labels, "kind": str(entry.get("kind") or ""),
+                   "cpu": "" if cpu is None else str(int(cpu)), "gpu_uuid": str(entry.get("gpu_uuid") or "")}, 1)
         _realtime(out, labels, entry)
     for source, entry in _mapping(snap.get("sources")).items():  # sources that run in a process of their own
         if isinstance(_mapping(entry).get("proc"), Mapping):
@@ -327,8 +352,9 @@ def _daemon(out: _Families, daemon: Mapping, pipeline: str) -> None:
                 daemon.get("restarts_total"))
     out.gauge("shmpiped_pipeline_target_rate_hertz", "Configured target loop rate of the pipeline.", labels,
               daemon.get("target_rate_hz"))
-    out.gauge("shmpiped_daemon_start_time_seconds", "Start time of the daemon since the Unix epoch.", {},
-              daemon.get("started_at"))
+    out.gauge("shmpiped_latency_budget_seconds",
+              "End-to-end latency budget of the pipeline (`shmpiped run --latency-budget`), read by the "
+              "latency alert and panels.", labels, daemon.get("latency_budget_s"))
     successful = daemon.get("last_reload_successful")
     out.gauge("shmpiped_config_last_reload_successful",
               "Whether the last reload of the pipeline file was applied (1) or refused, the running pipeline "
@@ -378,8 +404,33 @@ class SnapshotCollector:
         yield from families(self._get_snapshot(), self._versions)
 
 
-def render(snapshot: Snapshot | None) -> bytes:
-    """The Prometheus text exposition (``CONTENT_TYPE``) of one snapshot."""
+def _registry(snapshot: Snapshot | None, process: bool) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(lambda: snapshot))
-    return generate_latest(registry)
+    if process:  # process_* of this process (the daemon): CPU, memory, open files, start time
+        ProcessCollector(registry=registry)
+    return registry
+
+
+def render(snapshot: Snapshot | None, *, process: bool = False) -> bytes:
+    """The Prometheus text exposition (``CONTENT_TYPE``) of one snapshot (``process``: with ``process_*``)."""
+    return generate_latest(_registry(snapshot, process))
+
+
+def negotiate(accept: str | None, accept_encoding: str | None) -> tuple[str, bool]:
+    """(Content-Type, gzip) that prometheus_client's exposition picks for these request headers."""
+    return choose_encoder(accept or "")[1], gzip_accepted(accept_encoding or "")
+
+
+def exposition(snapshot: Snapshot | None, accept: str | None = None,
+               accept_encoding: str | None = None) -> tuple[bytes, list[tuple[str, str]]]:
+    """The body and headers of a /metrics response for these request headers: OpenMetrics when
+    ``Accept`` asks for ``application/openmetrics-text``, else the text format; gzip when
+    ``Accept-Encoding`` allows it.  The process collector is included."""
+    encoder, content_type = choose_encoder(accept or "")
+    body = encoder(_registry(snapshot, process=True))
+    headers = [("Content-Type", content_type)]
+    if gzip_accepted(accept_encoding or ""):
+        body = gzip.compress(body)
+        headers.append(("Content-Encoding", "gzip"))
+    return body, headers

@@ -52,6 +52,7 @@
 #define REC_LATENCY_SUM_NS 112
 #define REC_LATENCY_COUNT 168
 #define REC_EXEC_HIST 256
+#define REC_EXEC_SUMSQ_S2 464        /* double: sum of squared exec times, s^2 */
 #define REC_LATENCY_HIST 512
 #define REC_EXEC_WINDOW 768          /* u32[WINDOW] ns */
 #define REC_COMPLETION_WINDOW 4800   /* u64[WINDOW] monotonic ns */
@@ -280,7 +281,8 @@ static inline int hist_bucket(uint64_t ns) {
  * record_frame(rec_addr, exec_ns, now_ns, output_count, latency_ns)
  *
  * The whole per-frame telemetry update of a worker, under the record's
- * seqlock: counters, exec-time and latency windows and histograms.
+ * seqlock: counters, exec-time and latency windows and histograms, the sum
+ * of squared exec times (for jitter over any window).
  * latency_ns == 0 records no latency sample.
  */
 static PyObject *py_record_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -301,6 +303,12 @@ static PyObject *py_record_frame(PyObject *self, PyObject *const *args, Py_ssize
     U64(rec, REC_COMPLETION_WINDOW)[slot] = now_ns;
     U64(rec, REC_EXEC_HIST)[hist_bucket(exec_ns)] += 1;
     *U64(rec, REC_EXEC_SUM_NS) += exec_ns;
+    {   /* a double in a u64 slot: squares of ns overflow a u64 within hours */
+        double sumsq, exec_s = (double)exec_ns * 1e-9;
+        memcpy(&sumsq, U64(rec, REC_EXEC_SUMSQ_S2), sizeof sumsq);
+        sumsq += exec_s * exec_s;
+        memcpy(U64(rec, REC_EXEC_SUMSQ_S2), &sumsq, sizeof sumsq);
+    }
     *U64(rec, REC_LAST_EXEC_NS) = exec_ns;
     *U64(rec, REC_LAST_FRAME_NS) = now_ns;
     *U64(rec, REC_HEARTBEAT_NS) = now_ns;
@@ -536,6 +544,7 @@ PyMODINIT_FUNC PyInit__sync(void) {
     PyModule_AddIntConstant(m, "REC_COMPLETION_WINDOW", REC_COMPLETION_WINDOW);
     PyModule_AddIntConstant(m, "REC_LATENCY_WINDOW", REC_LATENCY_WINDOW);
     PyModule_AddIntConstant(m, "REC_EXEC_HIST", REC_EXEC_HIST);
+    PyModule_AddIntConstant(m, "REC_EXEC_SUMSQ_S2", REC_EXEC_SUMSQ_S2);
     PyModule_AddIntConstant(m, "REC_LATENCY_HIST", REC_LATENCY_HIST);
     PyModule_AddIntConstant(m, "WINDOW", WINDOW);
     PyModule_AddIntConstant(m, "HIST_BUCKETS", HIST_BUCKETS);

@@ -123,6 +123,8 @@ REC_STOP_REQUEST = 176      # written by the manager
 REC_NAME = (184, "64s")
 REC_ERROR_LEN = 248
 REC_EXEC_HIST = 256         # u64[HIST_BUCKETS]
+REC_EXEC_SUMSQ_S2 = 464     # f64: sum of squared exec times in s^2 (a counter, for jitter over any window)
+REC_GPU_UUID = (480, "16s")  # raw UUID of a GPU worker's device, written once at start; zeros on the CPU
 REC_LATENCY_HIST = 512      # u64[HIST_BUCKETS]
 REC_EXEC_WINDOW = 768       # u32[WINDOW], ns
 REC_COMPLETION_WINDOW = 4800  # u64[WINDOW], monotonic ns
@@ -145,7 +147,7 @@ WS_FAILED = 5
 
 for _name in (
     "STREAM_SEQ_OFFSET", "STREAM_FUTEX_OFFSET", "STREAM_WAITERS_OFFSET", "REC_EXEC_WINDOW",
-    "REC_COMPLETION_WINDOW", "REC_LATENCY_WINDOW", "REC_EXEC_HIST", "REC_LATENCY_HIST",
+    "REC_COMPLETION_WINDOW", "REC_LATENCY_WINDOW", "REC_EXEC_HIST", "REC_EXEC_SUMSQ_S2", "REC_LATENCY_HIST",
     "WINDOW", "HIST_BUCKETS",
 ):
     if getattr(_sync, _name) != globals()[_name]:  # pragma: no cover - build mismatch

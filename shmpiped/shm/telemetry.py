@@ -228,6 +228,12 @@ class WorkerRecord:
         self._set(layout.REC_STARTED_NS, now)
         self._set(layout.REC_HEARTBEAT_NS, now)
 
+    def set_gpu_uuid(self, uuid: bytes) -> None:
+        """The raw 16-byte UUID of the device a GPU worker computes on (written once, before its loop)."""
+        start = layout.HEADER_SIZE + self.index * layout.REC_SIZE + layout.REC_GPU_UUID[0]
+        raw = bytes(uuid)[:16].ljust(16, b"\0")
+        self.block.segment.bytes[start : start + 16] = np.frombuffer(raw, np.uint8)
+
     def set_input_copy(self) -> None:
         self._set(layout.REC_INPUT_COPY, 1)
 
@@ -291,6 +297,20 @@ class RecordSnapshot:
     def cpu_slot(self) -> int | None:
         value = int(self._words[layout.REC_CPU_SLOT // 8].astype(np.int64))
         return None if value < 0 else value
+
+    @property
+    def exec_sumsq_s2(self) -> float:
+        """Sum of the squared exec times (s^2) of every frame so far."""
+        return float(self._buffer[layout.REC_EXEC_SUMSQ_S2 : layout.REC_EXEC_SUMSQ_S2 + 8].view("<f8")[0])
+
+    @property
+    def gpu_uuid(self) -> str | None:
+        """The device UUID as nvidia-smi and dcgm-exporter write it (``GPU-xxxxxxxx-...``); None on CPU."""
+        raw = self._buffer[layout.REC_GPU_UUID[0] : layout.REC_GPU_UUID[0] + 16].tobytes()
+        if not any(raw):
+            return None
+        h = raw.hex()
+        return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     @property
     def error(self) -> str:
