@@ -12,7 +12,13 @@ Conventions (the metric catalogue is docs/metrics.md):
 
 * every panel and query uses the ``$datasource`` variable
   (``{"type": "prometheus", "uid": "${datasource}"}``); uids are stable;
-* ``$pipeline`` is the pipeline's namespace, ``$worker`` one of its workers;
+* ``$job`` and ``$instance`` select one daemon (one node in a DaemonSet, where
+  every node runs the same ``pipeline``): every selector carries both and
+  every aggregation keeps ``instance`` in its ``by (...)``, so that no panel
+  mixes two daemons; ``$pipeline`` is the pipeline's namespace, ``$worker``
+  one of its workers;
+* the latency budget is the daemon's ``shmpiped_latency_budget_seconds``
+  (``shmpiped run --latency-budget``), never a constant here;
 * rates use ``$__rate_interval`` (the provisioned datasource declares the 5 s
   scrape interval, so it spans at least four scrapes), totals over the
   dashboard's range use ``$__range``;
@@ -68,27 +74,35 @@ SCHEDULING_POLICIES = {
     "deadline": "purple",
 }
 
-#: The end-to-end latency budget drawn on the latency panels; the same constant as the
-#: ShmpipedEndToEndLatencyHigh alert (deploy/prometheus/shmpiped-rules.yml).
-LATENCY_BUDGET_S = 0.002
-
-PIPELINE = 'pipeline="$pipeline"'
-WORKER = 'pipeline="$pipeline", worker="$worker"'
+DAEMON = 'job="$job", instance="$instance"'
+PIPELINE = f'{DAEMON}, pipeline="$pipeline"'
+WORKER = f'{PIPELINE}, worker="$worker"'
+#: The budget series, drawn on the latency panels (the alert reads the same series).
+BUDGET = f"shmpiped_latency_budget_seconds{{{PIPELINE}}}"
 
 
 # ---------------------------------------------------------------------- queries
 
 
 def state_code(metric: str, states: dict[str, str], selector: str, by: str) -> str:
-    """The current state's 1-based position in ``states``, per ``by`` label."""
+    """The current state's 1-based position in ``states``, per ``by`` labels (``instance`` always among them)."""
     terms = [f'({metric}{{{selector}, state="{state}"}} == 1) * {code}'
              for code, state in enumerate(states, start=1)]
-    return f"max by ({by}) (\n  " + "\n  or ".join(terms) + "\n)"
+    return f"max by (instance, {by}) (\n  " + "\n  or ".join(terms) + "\n)"
 
 
 def quantile(q: float, histogram: str, selector: str, by: str) -> str:
-    return (f"histogram_quantile({q}, sum by ({by}, le) "
+    return (f"histogram_quantile({q}, sum by (instance, {by}, le) "
             f"(rate({histogram}_bucket{{{selector}}}[$__rate_interval])))")
+
+
+def jitter(histogram: str, selector: str) -> str:
+    """Standard deviation of a histogram's observations over the rate interval, from its ``_sum`` and
+    ``_count`` and the ``<name>_squared_total`` counter (E[x^2] - E[x]^2, clamped at 0 against rounding)."""
+    rate = lambda series: f"rate({series}{{{selector}}}[$__rate_interval])"  # noqa: E731
+    count = rate(f"{histogram}_count")
+    return (f"sqrt(clamp_min(\n  {rate(histogram + '_squared_total')} / {count}\n"
+            f"  - ({rate(histogram + '_sum')} / {count}) ^ 2,\n  0))")
 
 
 def state_mappings(states: dict[str, str]) -> list[dict]:
@@ -163,7 +177,7 @@ def timeseries(title: str, description: str, targets: list[dict], unit: str, wid
 
 def stat(title: str, description: str, targets: list[dict], unit: str, width: int, height: int = 4, *,
          thresholds: dict | None = None, mappings: list[dict] | None = None, decimals: int | None = None,
-         text_mode: str = "value", color_mode: str = "value") -> dict:
+         text_mode: str = "value", color_mode: str = "value", transformations: list[dict] | None = None) -> dict:
     defaults: dict = {
         "unit": unit,
         "color": {"mode": "thresholds"},
@@ -180,8 +194,19 @@ def stat(title: str, description: str, targets: list[dict], unit: str, width: in
         "justifyMode": "auto",
         "orientation": "auto",
     }
-    return _panel("stat", title, description, targets, width, height,
-                  {"defaults": defaults, "overrides": []}, options)
+    panel = _panel("stat", title, description, targets, width, height,
+                   {"defaults": defaults, "overrides": []}, options)
+    if transformations:
+        panel["transformations"] = transformations
+    return panel
+
+
+def threshold_from(series: str, ref_id: str) -> dict:
+    """A transformation that turns query ``ref_id``'s value (named ``series``) into the panel's red threshold,
+    so that a threshold follows a metric (the latency budget) instead of a constant."""
+    return {"id": "configFromData",
+            "options": {"configRefId": ref_id, "applyTo": {"id": "byFrameRefID", "options": "A"},
+                        "mappings": [{"fieldName": series, "handlerKey": "threshold1"}]}}
 
 
 def state_timeline(title: str, description: str, targets: list[dict], states: dict[str, str],
@@ -287,9 +312,12 @@ def query_variable(name: str, label: str, query: str) -> dict:
     }
 
 
-PIPELINE_VARIABLE = query_variable("pipeline", "Pipeline", "label_values(shmpiped_pipeline_state, pipeline)")
-WORKER_VARIABLE = query_variable("worker", "Worker",
-                                 'label_values(shmpiped_worker_health{pipeline="$pipeline"}, worker)')
+JOB_VARIABLE = query_variable("job", "Job", "label_values(shmpiped_build_info, job)")
+INSTANCE_VARIABLE = query_variable("instance", "Instance", 'label_values(shmpiped_build_info{job="$job"}, instance)')
+PIPELINE_VARIABLE = query_variable("pipeline", "Pipeline",
+                                   f"label_values(shmpiped_pipeline_state{{{DAEMON}}}, pipeline)")
+WORKER_VARIABLE = query_variable("worker", "Worker", f"label_values(shmpiped_worker_health{{{PIPELINE}}}, worker)")
+DAEMON_VARIABLES = [JOB_VARIABLE, INSTANCE_VARIABLE, PIPELINE_VARIABLE]
 
 
 def dashboard(uid: str, title: str, description: str, panels: list[dict], variables: list[dict]) -> dict:
@@ -339,7 +367,8 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict], variab
 def overview() -> dict:
     worker_link = {
         "title": "Worker ${__field.labels.worker}",
-        "url": f"/d/{WORKER_UID}/shmpiped-worker?${{datasource:queryparam}}&${{pipeline:queryparam}}"
+        "url": f"/d/{WORKER_UID}/shmpiped-worker?${{datasource:queryparam}}&${{job:queryparam}}"
+               "&${instance:queryparam}&${pipeline:queryparam}"
                "&var-worker=${__field.labels.worker}&${__url_time_range}",
     }
     panels = [
@@ -348,23 +377,30 @@ def overview() -> dict:
                      "{{pipeline}}", instant=True)],
              "none", 4, mappings=state_mappings(PIPELINE_STATES), color_mode="background"),
         stat("Workers by health", "How many workers are in each health state now.",
-             [target(f"sum by (state) (shmpiped_worker_health{{{PIPELINE}}}) > 0", "{{state}}", instant=True)],
+             [target(f"sum by (instance, state) (shmpiped_worker_health{{{PIPELINE}}}) > 0", "{{state}}",
+                     instant=True)],
              "none", 5, text_mode="value_and_name", decimals=0),
         stat("Loop rate now", "Throughput of the slowest worker over its last 1000 frames: the rate the loop "
-             "closes at.", [target(f"min(shmpiped_worker_throughput_hertz{{{PIPELINE}}})", "loop rate",
-                                   instant=True)],
+             "closes at.", [target(f"min by (instance) (shmpiped_worker_throughput_hertz{{{PIPELINE}}})",
+                                   "loop rate", instant=True)],
              "hertz", 4),
         stat("End-to-end p99", "Worst p99 latency from a frame's origin to a sink stream, over the rate "
-             f"interval; red above the {LATENCY_BUDGET_S * 1e3:g} ms budget of the alert rules.",
-             [target(f"max({quantile(0.99, 'shmpiped_end_to_end_latency_seconds', PIPELINE, 'stream')})",
-                     "p99", instant=True)],
-             "s", 4, thresholds=_thresholds((None, "green"), (LATENCY_BUDGET_S, "red"))),
+             "interval; red above the daemon's latency budget (shmpiped_latency_budget_seconds, "
+             "`shmpiped run --latency-budget`), which the alert rule reads too.",
+             [target("max by (instance) "
+                     f"({quantile(0.99, 'shmpiped_end_to_end_latency_seconds', PIPELINE, 'stream')})",
+                     "p99", instant=True),
+              target(BUDGET, "budget", instant=True)],
+             "s", 4, thresholds=_thresholds((None, "green"), (0.002, "red")),
+             transformations=[threshold_from("budget", "B")]),
         stat("Restarts in range", "Worker restarts in the dashboard's time range.",
-             [target(f"sum(increase(shmpiped_worker_restarts_total{{{PIPELINE}}}[$__range]))", "restarts",
+             [target(f"sum by (instance) (increase(shmpiped_worker_restarts_total{{{PIPELINE}}}[$__range]))",
+                     "restarts",
                      instant=True)],
              "none", 3, decimals=0, thresholds=_thresholds((None, "green"), (1, "orange"))),
         stat("Failures in range", "Component failures (workers, sources, sinks) in the dashboard's time range.",
-             [target(f"sum(increase(shmpiped_pipeline_failures_total{{{PIPELINE}}}[$__range]))", "failures",
+             [target(f"sum by (instance) (increase(shmpiped_pipeline_failures_total{{{PIPELINE}}}[$__range]))",
+                     "failures",
                      instant=True)],
              "none", 4, decimals=0, thresholds=_thresholds((None, "green"), (1, "red"))),
         state_timeline("Worker health", "Each worker's health over time (shmpiped_worker_health): "
@@ -381,13 +417,14 @@ def overview() -> dict:
                    [target(f"rate(shmpiped_stream_frames_total{{{PIPELINE}}}[$__rate_interval])", "{{stream}}")],
                    "hertz"),
         timeseries("End-to-end latency", "p50 and p99 latency from a frame's origin to its publication on "
-                   "each sink stream (from the histogram); the dashed line is the "
-                   f"{LATENCY_BUDGET_S * 1e3:g} ms budget.",
+                   "each sink stream (from the histogram); the dashed line is the daemon's latency budget "
+                   "(shmpiped_latency_budget_seconds).",
                    [target(quantile(0.5, "shmpiped_end_to_end_latency_seconds", PIPELINE, "stream"),
                            "{{stream}} p50"),
                     target(quantile(0.99, "shmpiped_end_to_end_latency_seconds", PIPELINE, "stream"),
-                           "{{stream}} p99")],
-                   "s", threshold=LATENCY_BUDGET_S),
+                           "{{stream}} p99"),
+                    target(BUDGET, "budget")],
+                   "s", overrides=[dashed("budget")]),
         timeseries("Exec time p99 by worker", "p99 of each worker's exec time (kernel plus publication) "
                    "from its histogram. Click a series for the worker's dashboard.",
                    [target(quantile(0.99, "shmpiped_worker_exec_seconds", PIPELINE, "worker"), "{{worker}}")],
@@ -409,7 +446,7 @@ def overview() -> dict:
     ]
     return dashboard(OVERVIEW_UID, "shmpiped / Overview",
                      "One shmpiped pipeline: state, worker health, loop rate, latency, restarts and failures.",
-                     panels, [PIPELINE_VARIABLE])
+                     panels, DAEMON_VARIABLES)
 
 
 def worker() -> dict:
@@ -430,9 +467,10 @@ def worker() -> dict:
         stat("Overruns total", "Frames dropped since the worker process started (the writer lapped it).",
              [target(f"shmpiped_worker_overruns_total{{{WORKER}}}", "overruns", instant=True)],
              "none", 4, decimals=0, thresholds=_thresholds((None, "green"), (1, "orange"))),
-        stat("CPU slot", "The CPU the worker is pinned to (no data when it is not pinned).",
-             [target(f"shmpiped_worker_cpu_slot{{{WORKER}}}", "cpu", instant=True)],
-             "none", 4, decimals=0, thresholds=_thresholds((None, "text"))),
+        stat("Placement", "The worker's kernel kind, the CPU it is pinned to (empty when unpinned) and the UUID "
+             "of its GPU (empty on the CPU), from shmpiped_worker_info; join dcgm-exporter's series on UUID.",
+             [target(f"shmpiped_worker_info{{{WORKER}}}", "{{kind}} cpu {{cpu}} {{gpu_uuid}}", instant=True)],
+             "none", 4, text_mode="name", thresholds=_thresholds((None, "text"))),
         state_timeline("Health over time", "The worker's health over time: " + ", ".join(WORKER_HEALTH_STATES) + ".",
                        [target(state_code("shmpiped_worker_health", WORKER_HEALTH_STATES, WORKER, "worker"),
                                "{{worker}}")],
@@ -443,8 +481,10 @@ def worker() -> dict:
                     target(quantile(0.5, exec_hist, WORKER, "worker"), "p50"),
                     target(quantile(0.99, exec_hist, WORKER, "worker"), "p99")],
                    "s"),
-        timeseries("Jitter", "Standard deviation of the exec time over the last 1000 frames.",
-                   [target(f"shmpiped_worker_jitter_rms_seconds{{{WORKER}}}", "jitter (rms)")],
+        timeseries("Jitter", "Standard deviation of the exec time: over each rate interval, from the "
+                   "sum-of-squares, sum and count counters, and over the last 1000 frames.",
+                   [target(jitter(exec_hist, WORKER), "jitter (rate interval)"),
+                    target(f"shmpiped_worker_jitter_rms_seconds{{{WORKER}}}", "jitter (last 1000 frames)")],
                    "s"),
         timeseries("Throughput", "Completion rate over the last 1000 frames, frames per second from the "
                    "counter, and the daemon's --target-rate when set.",
@@ -453,13 +493,14 @@ def worker() -> dict:
                     target(f"shmpiped_pipeline_target_rate_hertz{{{PIPELINE}}}", "target")],
                    "hertz", overrides=[dashed("target")]),
         heatmap("Exec time distribution", "Frames per exec-time bucket and rate interval.",
-                [target(f"sum by (le) (increase({exec_hist}_bucket{{{WORKER}}}[$__rate_interval]))", "{{le}}",
+                [target(f"sum by (instance, le) (increase({exec_hist}_bucket{{{WORKER}}}[$__rate_interval]))", "{{le}}",
                         fmt="heatmap")],
                 "s"),
         timeseries("Idle", "Seconds since the worker last completed a frame, and since it last touched its "
-                   "telemetry record (which grows only when it hangs).",
-                   [target(f"shmpiped_worker_idle_seconds{{{WORKER}}}", "idle"),
-                    target(f"shmpiped_worker_last_metric_age_seconds{{{WORKER}}}", "telemetry age")],
+                   "telemetry record (which grows only when it hangs); from timestamps, so they keep growing "
+                   "when the daemon itself stalls.",
+                   [target(f"time() - shmpiped_worker_last_frame_timestamp_seconds{{{WORKER}}}", "idle"),
+                    target(f"time() - shmpiped_worker_heartbeat_timestamp_seconds{{{WORKER}}}", "telemetry age")],
                    "s"),
         timeseries("Overruns", "Frames dropped per rate interval because the writer lapped the worker.",
                    [target(f"increase(shmpiped_worker_overruns_total{{{WORKER}}}[$__rate_interval])", "overruns")],
@@ -469,7 +510,7 @@ def worker() -> dict:
     return dashboard(WORKER_UID, "shmpiped / Worker",
                      "One worker of a shmpiped pipeline: exec time, jitter, throughput, idle time, overruns, "
                      "and what the kernel does to it: scheduling, context switches, page faults, CPU time.",
-                     panels, [PIPELINE_VARIABLE, WORKER_VARIABLE])
+                     panels, [*DAEMON_VARIABLES, WORKER_VARIABLE])
 
 
 def realtime_panels() -> list[dict]:
