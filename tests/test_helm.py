@@ -3,9 +3,9 @@
 `helm lint --strict` and `helm template` run on the default values and on every
 realistic values file in helm/shmpiped/ci/.  Every rendered object is validated
 with kubernetes-validate (strict: unknown fields are errors) for KUBE_VERSION;
-the prometheus-operator objects (ServiceMonitor, PrometheusRule), whose CRDs are
-not in the core schemas, are checked field by field here and their rules by
-promtool.  The pipeline in each ConfigMap is loaded by shmpiped's own validator.
+the prometheus-operator objects (ServiceMonitor, PodMonitor, PrometheusRule),
+whose CRDs are not in the core schemas, are checked field by field
+(tests/helm_support.py) and their rules by promtool.  The pipeline in each ConfigMap is loaded by shmpiped's own validator.
 
 CI (CI=true) installs helm, kubectl and kubernetes-validate with
 .ci/install-helm.sh and these tests fail there when a tool is missing; elsewhere
@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,116 +29,54 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import unavailable
 from .daemon_support import free_port
-
-REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "helm" / "shmpiped"
-CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-RULES_SOURCE = REPO / "deploy" / "prometheus" / "shmpiped-rules.yml"
-DASHBOARDS_SOURCE = REPO / "grafana" / "dashboards"
-KUBE_VERSION = "1.30.0"
-RELEASE = "lab"
-NAMESPACE = "ao"
+from .helm_support import (
+    CHART,
+    CI_VALUES,
+    DASHBOARDS_SOURCE,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    RULES_SOURCE,
+    check_monitoring_object,
+    check_prometheus_rule,
+    check_service_monitor,
+    checksum,
+    ci_values,
+    container,
+    env,
+    hook_pods,
+    of_kind,
+    only,
+    pipeline_configmap,
+    pod_spec,
+    render,
+    run_helm,
+    tool,
+    validator,
+    values_args,
+    workload,
+)
 
 # None: the chart's defaults; else a file of helm/shmpiped/ci/.
 VALUE_SETS = [None, *CI_VALUES]
 VALUE_IDS = ["defaults", *(path.stem for path in CI_VALUES)]
 
-DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
-
-
-def _missing(tool: str, install: str):
-    unavailable(f"{tool} not installed: run {install}", "chart tests")
-
 
 @pytest.fixture(scope="session")
 def helm() -> str:
-    path = shutil.which("helm")
-    if path is None:
-        _missing("helm", ".ci/install-helm.sh")
-    return path
+    return tool("helm", ".ci/install-helm.sh")
 
 
 @pytest.fixture(scope="session")
 def kubernetes_validate():
-    try:
-        import kubernetes_validate
-    except ImportError:
-        _missing("kubernetes-validate", ".ci/install-helm.sh")
-    return kubernetes_validate
+    return validator()
 
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        _missing("promtool", ".ci/install-prometheus.sh")
-    return path
-
-
-def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120)
-
-
-def values_args(values: Path | None, *sets: str) -> list[str]:
-    args = [] if values is None else ["-f", str(values)]
-    for item in sets:
-        args += ["--set", item]
-    return args
-
-
-def render(helm: str, values: Path | None = None, *sets: str, set_json: tuple[str, ...] = ()) -> list[dict]:
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
-            *values_args(values, *sets)]
-    for item in set_json:
-        args += ["--set-json", item]
-    result = run_helm(helm, *args)
-    assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def only(objects: list[dict], kind: str) -> dict:
-    found = [obj for obj in objects if obj["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
-    return found[0]
-
-
-def of_kind(objects: list[dict], kind: str) -> list[dict]:
-    return [obj for obj in objects if obj["kind"] == kind]
-
-
-def workload(objects: list[dict]) -> dict:
-    found = [obj for obj in objects if obj["kind"] in ("Deployment", "DaemonSet")]
-    assert len(found) == 1, [obj["kind"] for obj in found]
-    return found[0]
-
-
-def container(objects: list[dict]) -> dict:
-    containers = workload(objects)["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["shmpiped"]
-    return containers[0]
-
-
-def env(objects: list[dict]) -> dict[str, str]:
-    return {item["name"]: item.get("value") for item in container(objects).get("env", [])}
-
-
-def pipeline_configmap(objects: list[dict]) -> dict | None:
-    maps = [obj for obj in of_kind(objects, "ConfigMap") if obj["metadata"]["name"].endswith("-pipeline")]
-    assert len(maps) <= 1
-    return maps[0] if maps else None
-
-
-def checksum(objects: list[dict]) -> str | None:
-    annotations = workload(objects)["spec"]["template"]["metadata"].get("annotations") or {}
-    return annotations.get("checksum/pipeline")
-
-
-def ci_values(name: str) -> Path:
-    path = CHART / "ci" / name
-    assert path.is_file(), f"{path} is missing"
-    return path
+    return tool("promtool", ".ci/install-prometheus.sh")
 
 
 # ------------------------------------------------------------------------------ the chart itself
@@ -262,66 +199,15 @@ def test_gpu_count_belongs_to_gpu_values(helm):
 # ------------------------------------------------------------------------------ Kubernetes schemas
 
 
-def check_service_monitor(obj: dict, service: dict) -> None:
-    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
-    assert set(obj) <= {"apiVersion", "kind", "metadata", "spec"}
-    assert obj["metadata"]["name"] and obj["metadata"]["namespace"] == NAMESPACE
-    spec = obj["spec"]
-    assert set(spec) <= {"jobLabel", "selector", "namespaceSelector", "endpoints", "targetLabels",
-                         "podTargetLabels", "sampleLimit"}, set(spec)
-    assert spec["jobLabel"] in service["metadata"]["labels"]
-    selector = spec["selector"]["matchLabels"]
-    assert selector and all(service["metadata"]["labels"].get(k) == v for k, v in selector.items()), \
-        "the ServiceMonitor does not select the metrics Service"
-    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    port_names = {port["name"] for port in service["spec"]["ports"]}
-    assert spec["endpoints"], "no endpoints"
-    for endpoint in spec["endpoints"]:
-        assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels",
-                                 "relabelings", "metricRelabelings"}, set(endpoint)
-        assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
-        assert endpoint["scheme"] in ("http", "https")
-        for key in ("interval", "scrapeTimeout"):
-            assert DURATION.match(endpoint[key]), (key, endpoint[key])
-        for relabel in endpoint.get("relabelings", []) + endpoint.get("metricRelabelings", []):
-            assert set(relabel) <= {"sourceLabels", "separator", "targetLabel", "regex", "modulus",
-                                    "replacement", "action"}, relabel
-
-
-def check_prometheus_rule(obj: dict) -> None:
-    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
-    assert set(obj) <= {"apiVersion", "kind", "metadata", "spec"}
-    assert obj["metadata"]["name"] and obj["metadata"]["namespace"] == NAMESPACE
-    assert set(obj["spec"]) == {"groups"}
-    groups = obj["spec"]["groups"]
-    assert groups and len({group["name"] for group in groups}) == len(groups), "group names must be unique"
-    for group in groups:
-        assert set(group) <= {"name", "interval", "rules", "limit", "partial_response_strategy",
-                              "query_offset", "labels"}, set(group)
-        assert group["rules"], f"group {group['name']} has no rules"
-        for rule in group["rules"]:
-            assert set(rule) <= {"alert", "record", "expr", "for", "keep_firing_for", "labels",
-                                 "annotations"}, set(rule)
-            assert ("alert" in rule) != ("record" in rule), rule
-            assert isinstance(rule["expr"], (str, int)) and str(rule["expr"]).strip()
-            for key in ("for", "keep_firing_for"):
-                if key in rule:
-                    assert DURATION.match(rule[key]), rule
-            for key in ("labels", "annotations"):
-                assert all(isinstance(v, str) for v in rule.get(key, {}).values()), rule
-
-
 @pytest.mark.parametrize("values", VALUE_SETS, ids=VALUE_IDS)
 def test_every_rendered_object_is_valid(helm, kubernetes_validate, values):
     objects = render(helm, values)
     kinds = [obj["kind"] for obj in objects]
     assert "Service" in kinds and ("Deployment" in kinds) != ("DaemonSet" in kinds), kinds
-    service = only(objects, "Service")
     for obj in objects:
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
-            {"ServiceMonitor": lambda o: check_service_monitor(o, service),
-             "PrometheusRule": check_prometheus_rule}[obj["kind"]](obj)
+            check_monitoring_object(obj, objects)
             continue
         try:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
@@ -345,7 +231,8 @@ def test_strict_validation_catches_an_unknown_field(kubernetes_validate, helm):
 
 def test_defaults_render_a_recreated_single_deployment(helm):
     objects = render(helm)
-    assert sorted(obj["kind"] for obj in objects) == ["Deployment", "Service"]
+    assert sorted(obj["kind"] for obj in objects) == ["Deployment", "Pod", "Service"]
+    assert len(hook_pods(objects)) == 1, "the only Pod is the `helm test` hook"
     deployment = only(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -375,15 +262,15 @@ def test_probes_point_at_healthz_and_readyz_on_the_metrics_port(helm):
 
 def test_container_is_locked_down(helm):
     objects = render(helm)
-    pod = workload(objects)["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 10001
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    pod = pod_spec(objects)
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                      "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
     assert pod["automountServiceAccountToken"] is False
     assert "hostIPC" not in pod
     context = container(objects)["securityContext"]
-    assert context["runAsNonRoot"] is True and context["runAsUser"] == 10001
-    assert context["readOnlyRootFilesystem"] is True
+    # The user and group are the pod's: the container sets none of its own.
+    assert not {"runAsUser", "runAsGroup", "runAsNonRoot"} & set(context), context
+    assert context["readOnlyRootFilesystem"] is True and context["privileged"] is False
     assert context["allowPrivilegeEscalation"] is False
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}

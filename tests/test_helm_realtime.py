@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from shmpiped.config import PipelineConfig
 from shmpiped.config_realtime import REALTIME_KEYS, RealtimeConfig
 
 from .conftest import unavailable
-from .test_helm import (
+from .helm_support import (
     CHART,
     KUBE_VERSION,
     NAMESPACE,
@@ -29,27 +28,23 @@ from .test_helm import (
     ci_values,
     container,
     pipeline_configmap,
+    pod_spec,
     render,
     run_helm,
-    workload,
+    tool,
+    validator,
 )
 
 
 @pytest.fixture(scope="session")
 def helm_command() -> str:
-    path = shutil.which("helm")
-    if path is None:
-        unavailable("helm not installed: run .ci/install-helm.sh", "chart tests")
-    return path
+    return tool("helm", ".ci/install-helm.sh")
 
 
-@pytest.fixture(scope="session")
-def validator():
-    try:
-        import kubernetes_validate
-    except ImportError:
-        unavailable("kubernetes-validate not installed: run .ci/install-helm.sh", "chart tests")
-    return kubernetes_validate
+@pytest.fixture(scope="session", name="validator")
+def validator_module():
+    return validator()
+
 
 REALTIME_VALUES = "realtime-values.yaml"
 CAPABILITIES = ["SYS_NICE", "IPC_LOCK"]
@@ -70,7 +65,9 @@ def test_off_by_default(helm_command):
     assert defaults["enabled"] is False
     objects = render(helm_command)
     assert context(objects)["capabilities"] == {"drop": ["ALL"]}
-    assert context(objects)["runAsNonRoot"] is True and context(objects)["runAsUser"] == 10001
+    assert "runAsUser" not in context(objects)   # the pod's user, 10001, non-root
+    assert pod_spec(objects)["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec(objects)["securityContext"]["runAsUser"] == 10001
 
 
 def test_enabled_adds_the_two_capabilities_as_uid_0_and_nothing_else(helm_command):
@@ -81,11 +78,14 @@ def test_enabled_adds_the_two_capabilities_as_uid_0_and_nothing_else(helm_comman
     assert ctx["runAsUser"] == 0 and ctx["runAsNonRoot"] is False and ctx["runAsGroup"] == 10001
     assert ctx["allowPrivilegeEscalation"] is False and ctx["privileged"] is False
     assert ctx["readOnlyRootFilesystem"] is True and ctx["seccompProfile"] == {"type": "RuntimeDefault"}
-    pod = workload(objects)["spec"]["template"]["spec"]
+    pod = pod_spec(objects)
     assert pod["securityContext"]["fsGroup"] == 10001 and "hostIPC" not in pod
-    # runAsRoot false: the chart's user, which then needs the limits from the node's runtime.
-    ctx = context(render(helm_command, ci_values(REALTIME_VALUES), "realtime.runAsRoot=false"))
-    assert ctx["runAsUser"] == 10001 and ctx["runAsNonRoot"] is True
+    # runAsRoot false: the pod's user, which then needs the limits from the node's runtime.
+    objects = render(helm_command, ci_values(REALTIME_VALUES), "realtime.runAsRoot=false")
+    ctx = context(objects)
+    assert not {"runAsUser", "runAsNonRoot"} & set(ctx), ctx
+    assert pod_spec(objects)["securityContext"]["runAsUser"] == 10001
+    assert pod_spec(objects)["securityContext"]["runAsNonRoot"] is True
     assert ctx["capabilities"]["add"] == CAPABILITIES
     # Capabilities asked for besides are kept, once each.
     ctx = context(render(helm_command, ci_values(REALTIME_VALUES), set_json=('securityContext.addCapabilities=["IPC_LOCK","NET_RAW"]',)))
@@ -96,7 +96,7 @@ def test_every_rendered_object_is_valid_with_real_time(helm_command, validator, 
     for values in (ci_values(REALTIME_VALUES), ci_values("custom-pipeline-values.yaml")):
         for extra in ((), ("realtime.enabled=true",)):
             for obj in render(helm_command, values, *extra):
-                if obj["kind"] in ("ServiceMonitor", "PrometheusRule"):
+                if obj["apiVersion"].startswith("monitoring.coreos.com/"):
                     continue
                 validator.validate(obj, KUBE_VERSION, strict=True)
     result = run_helm(helm_command, "lint", "--strict", str(CHART), "--namespace", NAMESPACE, "-f",

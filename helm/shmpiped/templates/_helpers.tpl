@@ -63,6 +63,54 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The image reference: repository:tag (tag defaults to appVersion); with image.digest,
+     repository@digest, or repository:tag@digest when image.tag is set. */}}
 {{- define "shmpiped.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $image := .Values.image }}
+{{- if $image.digest }}
+{{- if $image.tag }}
+{{- printf "%s:%s@%s" $image.repository $image.tag $image.digest }}
+{{- else }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- end }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The labels of the pipeline's pods. */}}
+{{- define "shmpiped.podLabels" -}}
+{{ include "shmpiped.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: pipeline
+{{- with .Values.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The job label Prometheus gives the daemon's targets (prometheus-operator): with a PodMonitor,
+     the pod's label named podMonitor.jobLabel, else "<namespace>/<PodMonitor name>"; with a
+     ServiceMonitor (or neither), the Service's label named serviceMonitor.jobLabel, else the
+     Service's name.  prometheusRule.job overrides it. */}}
+{{- define "shmpiped.job" -}}
+{{- if .Values.prometheusRule.job }}
+{{- .Values.prometheusRule.job }}
+{{- else if .Values.podMonitor.enabled }}
+{{- $labels := include "shmpiped.podLabels" . | fromYaml }}
+{{- $value := "" }}
+{{- with .Values.podMonitor.jobLabel }}{{ $value = get $labels . | toString }}{{ end }}
+{{- $value | default (printf "%s/%s" .Release.Namespace (include "shmpiped.fullname" .)) }}
+{{- else }}
+{{- $labels := include "shmpiped.labels" . | fromYaml }}
+{{- $value := "" }}
+{{- with .Values.serviceMonitor.jobLabel }}{{ $value = get $labels . | toString }}{{ end }}
+{{- $value | default (include "shmpiped.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the `helm test` pod: not the pipeline's selector labels, so that neither the
+     Service, the monitors, the NetworkPolicy nor the PodDisruptionBudget select it. */}}
+{{- define "shmpiped.testSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
 {{- end }}

@@ -7,15 +7,12 @@
 {{- end }}
 {{- if .Values.gpu.enabled }}
 {{- $_ := set $limits "nvidia.com/gpu" (int .Values.gpu.count) }}
-{{- end -}}
+{{- end }}
+{{- include "shmpiped.checkExtraVolumes" (dict "Values" .Values "pipeline" $pipeline) }}
+{{- "" -}}
 metadata:
   labels:
-    {{- include "shmpiped.selectorLabels" . | nindent 4 }}
-    app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-    app.kubernetes.io/component: pipeline
-    {{- with .Values.podLabels }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- include "shmpiped.podLabels" . | nindent 4 }}
   {{- if or $pipeline .Values.podAnnotations }}
   annotations:
     {{- if $pipeline }}
@@ -44,13 +41,14 @@ spec:
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- with .Values.podSecurityContext }}
   securityContext:
-    runAsNonRoot: true
-    runAsUser: {{ .Values.podSecurityContext.runAsUser }}
-    runAsGroup: {{ .Values.podSecurityContext.runAsGroup }}
-    fsGroup: {{ .Values.podSecurityContext.fsGroup }}
-    seccompProfile:
-      type: RuntimeDefault
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.initContainers }}
+  initContainers:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   containers:
     - name: shmpiped
       image: {{ include "shmpiped.image" . | quote }}
@@ -88,6 +86,10 @@ spec:
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+      {{- with .Values.extraEnvFrom }}
+      envFrom:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       ports:
         - name: metrics
           containerPort: 9750
@@ -123,30 +125,7 @@ spec:
           {{- toYaml . | nindent 10 }}
         {{- end }}
       securityContext:
-        {{- if and .Values.realtime.enabled .Values.realtime.runAsRoot }}
-        # realtime.runAsRoot: Kubernetes gives added capabilities to uid 0 only (values.yaml).
-        runAsNonRoot: false
-        runAsUser: 0
-        {{- else }}
-        runAsNonRoot: true
-        runAsUser: {{ .Values.podSecurityContext.runAsUser }}
-        {{- end }}
-        runAsGroup: {{ .Values.podSecurityContext.runAsGroup }}
-        readOnlyRootFilesystem: true
-        allowPrivilegeEscalation: false
-        privileged: false
-        capabilities:
-          drop: [ALL]
-          {{- $capabilities := .Values.securityContext.addCapabilities }}
-          {{- if .Values.realtime.enabled }}
-          {{- $capabilities = concat $capabilities (list "SYS_NICE" "IPC_LOCK") | uniq }}
-          {{- end }}
-          {{- with $capabilities }}
-          add:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
-        seccompProfile:
-          type: RuntimeDefault
+        {{- include "shmpiped.containerSecurityContext" . | nindent 8 }}
       volumeMounts:
         {{- if not .Values.shm.hostIPC }}
         - name: dev-shm
@@ -163,6 +142,9 @@ spec:
         {{- end }}
         - name: tmp
           mountPath: /tmp
+        {{- with .Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
   volumes:
     {{- if not .Values.shm.hostIPC }}
     - name: dev-shm
@@ -186,6 +168,9 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- with .Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
@@ -202,4 +187,68 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/* The shmpiped container's securityContext: .Values.securityContext without the chart key
+     addCapabilities, whose capabilities join capabilities.add; realtime.enabled adds SYS_NICE and
+     IPC_LOCK and, with realtime.runAsRoot, runs the container as uid 0 in the pod's group. */}}
+{{- define "shmpiped.containerSecurityContext" -}}
+{{- $context := omit (deepCopy (default (dict) .Values.securityContext)) "addCapabilities" }}
+{{- $capabilities := deepCopy (default (dict) $context.capabilities) }}
+{{- $add := concat (default (list) $capabilities.add) (default (list) .Values.securityContext.addCapabilities) }}
+{{- if .Values.realtime.enabled }}
+{{- $add = concat $add (list "SYS_NICE" "IPC_LOCK") }}
+{{- end }}
+{{- $add = uniq $add }}
+{{- if $add }}
+{{- $_ := set $capabilities "add" $add }}
+{{- else }}
+{{- $_ := unset $capabilities "add" }}
+{{- end }}
+{{- if $capabilities }}
+{{- $_ := set $context "capabilities" $capabilities }}
+{{- else }}
+{{- $_ := unset $context "capabilities" }}
+{{- end }}
+{{- if and .Values.realtime.enabled .Values.realtime.runAsRoot }}
+{{- /* Kubernetes gives added capabilities to uid 0 only (values.yaml, realtime.runAsRoot). */}}
+{{- $_ := set $context "runAsUser" 0 }}
+{{- $_ := set $context "runAsNonRoot" false }}
+{{- $pod := default (dict) .Values.podSecurityContext }}
+{{- if and (not (hasKey $context "runAsGroup")) (hasKey $pod "runAsGroup") }}
+{{- $_ := set $context "runAsGroup" $pod.runAsGroup }}
+{{- end }}
+{{- end }}
+{{- toYaml $context }}
+{{- end }}
+
+{{/* Refuses extra volumes and mounts that collide with the chart's own, or mount no volume. */}}
+{{- define "shmpiped.checkExtraVolumes" -}}
+{{- $values := .Values }}
+{{- $mounts := dict "/tmp" "tmp" }}
+{{- if not $values.shm.hostIPC }}{{ $_ := set $mounts "/dev/shm" "dev-shm" }}{{ end }}
+{{- if .pipeline }}{{ $_ := set $mounts "/etc/shmpiped" "pipeline" }}{{ end }}
+{{- if $values.daemon.controlSocket }}{{ $_ := set $mounts "/run/shmpiped" "run" }}{{ end }}
+{{- $volumes := list "dev-shm" "pipeline" "run" "tmp" }}
+{{- range $index, $volume := $values.extraVolumes }}
+{{- if has $volume.name $volumes }}
+{{- fail (printf "extraVolumes[%d]: the name %q is taken (the chart's volumes are dev-shm, pipeline, run and tmp; names are unique): rename it" $index $volume.name) }}
+{{- end }}
+{{- $volumes = append $volumes $volume.name }}
+{{- end }}
+{{- range $index, $mount := $values.extraVolumeMounts }}
+{{- if not (has $mount.name $volumes) }}
+{{- fail (printf "extraVolumeMounts[%d]: no volume is named %q: add it to extraVolumes" $index $mount.name) }}
+{{- end }}
+{{- $path := trimSuffix "/" $mount.mountPath }}
+{{- range $chartPath, $chartVolume := $mounts }}
+{{- if or (eq $path $chartPath) (hasPrefix (printf "%s/" $chartPath) $path) }}
+{{- fail (printf "extraVolumeMounts[%d]: mountPath %s is at or under the chart's mount %s (volume %s): mount it elsewhere, e.g. /opt/shmpiped/%s" $index $mount.mountPath $chartPath $chartVolume $mount.name) }}
+{{- end }}
+{{- end }}
+{{- if hasKey $mounts $path }}
+{{- fail (printf "extraVolumeMounts[%d]: mountPath %s is used twice" $index $mount.mountPath) }}
+{{- end }}
+{{- $_ := set $mounts $path $mount.name }}
+{{- end }}
 {{- end }}
