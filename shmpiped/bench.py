@@ -234,16 +234,15 @@ def one_stage_pipeline(rate_hz: float | None = 1000.0, frames: int = 2000, strat
 
 
 def cpu_vs_gpu(rate_hz: float = 1000.0, frames: int = 2000, copy_shape=(16,),
-               affine_shape=(1024, 2048)) -> list[dict]:
+               affine_shape=(1024, 2048)):
     """The GPU benchmark: one-stage copy and a (1024 x 2048) affine reconstructor, CPU then GPU,
-    paced and lock-step, plus the GPU rows with a CPU mirror on the output (its cost)."""
-    results = []
+    paced and lock-step, plus the GPU rows with a CPU mirror on the output (its cost).  Yields each
+    row as it is measured."""
     for stage, shape in (("copy", copy_shape), ("affine", affine_shape)):
         for storage in ("cpu", "gpu"):
             for rate in (rate_hz, None):
-                results.append(one_stage_pipeline(rate, frames, stage=stage, storage=storage, shape=shape))
-        results.append(one_stage_pipeline(None, frames, stage=stage, storage="gpu", shape=shape, mirror=True))
-    return results
+                yield one_stage_pipeline(rate, frames, stage=stage, storage=storage, shape=shape)
+        yield one_stage_pipeline(None, frames, stage=stage, storage="gpu", shape=shape, mirror=True)
 
 
 def parse_source(text: str) -> dict:

@@ -100,26 +100,30 @@ def run_case(config: PipelineConfig, label: str, realtime: bool, hogs: int, dura
     }
 
 
-def load(path: str | None = None, duration_s: float = 10.0, hogs: int | None = None,
-         warmup_s: float = 1.0) -> list[dict]:
-    """The four runs (quiet / hogs, without / with real time) of the pipeline in ``path`` (default: the demo)."""
+def load_rows(path: str | None = None, duration_s: float = 10.0, hogs: int | None = None,
+              warmup_s: float = 1.0):
+    """The four runs (quiet / hogs, without / with real time) of the pipeline in ``path`` (default: the
+    demo), each row yielded as soon as it is measured."""
     from .demo import demo_path
 
     config = PipelineConfig.from_yaml(path or str(demo_path()))
     count = len(os.sched_getaffinity(0)) if hogs is None else int(hogs)
     cases = (("quiet", False, 0), (f"{count} hogs", False, count),
              ("quiet, real time", True, 0), (f"{count} hogs, real time", True, count))
-    return [run_case(config, label, realtime, n, duration_s, warmup_s) for label, realtime, n in cases]
+    for label, realtime, n in cases:
+        yield run_case(config, label, realtime, n, duration_s, warmup_s)
 
 
-def format_load_report(rows: list[dict]) -> str:
+def format_load_header(output_stream: str) -> str:
+    return (f"end-to-end latency at {output_stream} (the last worker's window), delivered rate\n"
+            f"  {'case':<22} {'p50 us':>9} {'p99 us':>9} {'max us':>9} {'rate Hz':>9} {'delivered':>9}"
+            f"  {'overruns':>8}  policy")
+
+
+def format_load_row(row: dict) -> str:
     number = lambda value, fmt: "-" if value is None else format(value, fmt)  # noqa: E731
-    lines = [f"end-to-end latency at {rows[0]['output_stream']} (the last worker's window), delivered rate",
-             f"  {'case':<22} {'p50 us':>9} {'p99 us':>9} {'max us':>9} {'rate Hz':>9} {'delivered':>9}"
-             f"  {'overruns':>8}  policy"]
-    for row in rows:
-        delivered = "-" if row["delivered"] is None else f"{100 * row['delivered']:.1f} %"
-        lines.append(f"  {row['case']:<22} {number(row['p50_us'], '9.1f')} {number(row['p99_us'], '9.1f')} "
-                     f"{number(row['max_us'], '9.1f')} {row['rate_hz']:9.1f} {delivered:>9}  {row['overruns']:>8}"
-                     f"  {','.join(row['effective_policies'])}")
-    return "\n".join(lines)
+    delivered = "-" if row["delivered"] is None else f"{100 * row['delivered']:.1f} %"
+    return (f"  {row['case']:<22} {number(row['p50_us'], '9.1f')} {number(row['p99_us'], '9.1f')} "
+            f"{number(row['max_us'], '9.1f')} {row['rate_hz']:9.1f} {delivered:>9}  {row['overruns']:>8}"
+            f"  {','.join(row['effective_policies'])}")
+

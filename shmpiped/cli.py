@@ -14,19 +14,24 @@ import threading
 import click
 
 from . import __version__
+from .cli_input import input_problem, require_input
 from .errors import ConfigValidationError
-from .service.daemon import EXIT_CONFIG
+from .service.daemon import EXIT_CONFIG, EXIT_NOINPUT
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="shmpiped")
-@click.option("--log-level", default="INFO", envvar="SHMPIPED_LOG_LEVEL", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-level", default="INFO", envvar="SHMPIPED_LOG_LEVEL", show_default=True, type=LOG_LEVELS,
+              help="Log level of every command (`run --log-level` overrides it for the daemon).")
 def main(log_level: str) -> None:
-    """Real-time pipelines over /dev/shm streams, one worker process per kernel."""
+    """Real-time pipelines over /dev/shm streams, one worker process per kernel.
+
+    Shell completion: eval "$(_SHMPIPED_COMPLETE=bash_source shmpiped)" (zsh_source, fish_source).
+    """
     configure_logging(log_level, "plain")
 
 
@@ -50,10 +55,13 @@ def load_and_validate(path: str):
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"valid": ..., "files": [{"path", "valid", "errors"}]} instead of text.')
 def validate(files, as_json: bool) -> None:
-    """Check pipeline files; print every error (exit 78 if any file is invalid)."""
+    """Check pipeline files; print every error (exit 78 if any file is invalid, 66 if one is missing)."""
     results = []
+    missing = False
     for path in files:
-        _, errors = load_and_validate(path)
+        problem = input_problem(path)
+        missing = missing or problem is not None
+        errors = [problem] if problem else load_and_validate(path)[1]
         results.append({"path": path, "valid": not errors, "errors": errors})
         if as_json:
             continue
@@ -66,11 +74,11 @@ def validate(files, as_json: bool) -> None:
     valid = all(result["valid"] for result in results)
     if as_json:
         click.echo(json.dumps({"valid": valid, "files": results}, indent=2))
-    sys.exit(EXIT_OK if valid else EXIT_CONFIG)
+    sys.exit(EXIT_NOINPUT if missing else EXIT_OK if valid else EXIT_CONFIG)
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False), callback=require_input)
 @click.option("--json", "as_json", is_flag=True, help="Print the graph as JSON.")
 def describe(file: str, as_json: bool) -> None:
     """Print the pipeline graph: streams with roles, sources, kernels, sinks."""
@@ -155,7 +163,8 @@ def _optional(value: str | None) -> str | None:
 
 
 @main.command()
-@click.argument("pipeline", required=False, type=click.Path(dir_okay=False), envvar="SHMPIPED_PIPELINE")
+@click.argument("pipeline", required=False, type=click.Path(dir_okay=False), envvar="SHMPIPED_PIPELINE",
+                callback=require_input)
 @click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None, help="Override the YAML's namespace.")
 @click.option("--http-address", envvar="SHMPIPED_HTTP_ADDRESS", default="127.0.0.1:9750", show_default=True,
               help="HOST:PORT of /metrics, /healthz, /readyz, /status ('none' disables).")
@@ -180,8 +189,8 @@ def _optional(value: str | None) -> str | None:
               help="End-to-end latency budget in seconds, exported for the latency alert and dashboards.")
 @click.option("--fail-fast/--no-fail-fast", envvar="SHMPIPED_FAIL_FAST", default=True, show_default=True,
               help="Exit 70 when a worker spends its restart budget (else stay up, failed).")
-@click.option("--log-level", "run_log_level", envvar="SHMPIPED_LOG_LEVEL", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-level", "run_log_level", default=None, type=LOG_LEVELS,
+              help="The daemon's log level [default: shmpiped --log-level, $SHMPIPED_LOG_LEVEL, INFO].")
 @click.option("--log-format", envvar="SHMPIPED_LOG_FORMAT", type=click.Choice(["plain", "json"]),
               default="plain", show_default=True, help="plain text or JSON lines on stderr.")
 @click.option("--status-interval", envvar="SHMPIPED_STATUS_INTERVAL", type=float, default=5.0, show_default=True,
@@ -194,16 +203,18 @@ def _optional(value: str | None) -> str | None:
 def run(pipeline, namespace, http_address, control_socket, restart_budget, restart_window, backoff_initial,
         backoff_max, watchdog_timeout, target_rate, latency_budget, fail_fast, run_log_level, log_format, status_interval,
         duration, json_status, poll_interval, debug_commands) -> None:
-    """Run PIPELINE (default: the embedded adaptive-optics demo) as a supervised daemon.
+    """Run PIPELINE (or $SHMPIPED_PIPELINE; default: the embedded adaptive-optics demo,
+    shmpiped/demo/ao_loop.yaml, namespace 'demo') as a supervised daemon.
 
-    Exit status: 0 stopped on request, 69 HTTP address unavailable, 70 failed beyond its restart budget,
+    Exit status: 0 stopped on request, 66 PIPELINE missing or unreadable, 69 HTTP address unavailable,
+    70 failed beyond its restart budget,
     71 out of a system resource (open files, memory, processes), 73 shared memory could not be created,
     75 namespace owned by another live process, 78 invalid configuration.
     """
     from .service.daemon import Daemon, DaemonSettings
     from .service.supervisor import RestartPolicy
 
-    configure_logging(run_log_level, log_format)
+    configure_logging(run_log_level or click.get_current_context().find_root().params["log_level"], log_format)
     try:
         policy = RestartPolicy(backoff_initial_s=backoff_initial, backoff_max_s=backoff_max,
                                budget=restart_budget, window_s=restart_window, watchdog_s=watchdog_timeout)
@@ -230,14 +241,24 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--socket", "socket_path", envvar="SHMPIPED_CONTROL_SOCKET", default=None,
               help="The daemon's control socket [default: from --namespace].")
-@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default="default", show_default=True)
+@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None,
+              help="The daemon's namespace [default: 'default' when its daemon answers, else the one daemon "
+                   "that answers].")
 @click.argument("words", nargs=-1, type=click.UNPROCESSED)
 def ctl(socket_path, namespace, words) -> None:
-    """Control a running daemon: status [--json] | pause | resume | restart [WORKER] | stop |
-    reload | synthetic start STREAM PATTERN [RATE_HZ] | synthetic stop STREAM."""
-    from .service.control_socket import ctl_main, default_socket_path
+    """Control a running daemon: status | pause | resume | restart [WORKER] | stop |
+    reload | synthetic start STREAM PATTERN [RATE_HZ] | synthetic stop STREAM.  --json prints the answer
+    as JSON."""
+    from .service.control_client import EXIT_UNAVAILABLE, choose_socket
+    from .service.control_protocol import ControlUnavailable
+    from .service.control_socket import ctl_main
 
-    status, text = ctl_main(socket_path or default_socket_path(namespace), list(words))
+    try:
+        path = socket_path or choose_socket(namespace)
+    except ControlUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    status, text = ctl_main(path, list(words))
     if text:
         click.echo(text, err=status != 0)
     sys.exit(status)
@@ -257,7 +278,7 @@ def list_segments(namespace: str | None = None) -> list[dict]:
 
 
 @shm.command("ls")
-@click.option("--namespace", default=None)
+@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None, help="Only this namespace.")
 @click.option("--json", "as_json", is_flag=True)
 def shm_ls(namespace: str | None, as_json: bool) -> None:
     """List shmpiped segments: namespace, stream, shape, count, owner, stale."""
@@ -275,11 +296,13 @@ def shm_ls(namespace: str | None, as_json: bool) -> None:
 
 
 @shm.command("rm")
-@click.option("--namespace", default=None, help="Only this namespace.")
+@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None, help="Only this namespace.")
 @click.option("--force", is_flag=True,
               help="Also remove segments whose owner is gone but that were kept on purpose or cannot be read "
                    "(never those of a running owner).")
-def shm_rm(namespace: str | None, force: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"removed": [...], "left": [{"segment", "why"}]} instead of text.')
+def shm_rm(namespace: str | None, force: bool, as_json: bool) -> None:
     """Remove the segments left by owners that are gone (stale; with --force also kept or unreadable ones).
 
     A segment whose owner still runs is never removed: stop the owner. Exit 1 when --namespace or --force
@@ -288,10 +311,17 @@ def shm_rm(namespace: str | None, force: bool) -> None:
     from .shm_inventory import remove_segments
 
     removal = remove_segments(namespace, force)
-    for name in removal.removed:
-        click.echo(f"removed {name}")
-    for line in removal.messages():
-        click.echo(line, err=True)
+    if as_json:
+        left = [{"segment": row["segment"], "why": "its owner runs", "owner_pid": pid}
+                for pid, rows in sorted(removal.live.items()) for row in rows]
+        left += [{"segment": row["segment"], "why": "kept or unreadable: needs --force", "owner_pid": row["owner_pid"]}
+                 for row in removal.needs_force]
+        click.echo(json.dumps({"removed": removal.removed, "left": left}, indent=2))
+    else:
+        for name in removal.removed:
+            click.echo(f"removed {name}")
+        for line in removal.messages():
+            click.echo(line, err=True)
     if (namespace or force) and (removal.live or removal.needs_force):
         sys.exit(EXIT_FAILURE)
 
@@ -299,7 +329,8 @@ def shm_rm(namespace: str | None, force: bool) -> None:
 # ---------------------------------------------------------------------- view
 @main.command()
 @click.argument("stream")
-@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None, help="The pipeline's namespace.")
+@click.option("--namespace", envvar="SHMPIPED_NAMESPACE", default=None,
+              help="The pipeline's namespace [default: the running one that has STREAM].")
 @click.option("--mode", type=click.Choice(["auto", "window", "terminal", "text", "png"]), default="auto",
               show_default=True, help="auto: a window when a display and matplotlib exist, else the terminal.")
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None,
@@ -309,9 +340,10 @@ def shm_rm(namespace: str | None, force: bool) -> None:
 def view(stream: str, namespace: str | None, mode: str, png_path: str | None, interval: float,
          frames: int | None) -> None:
     """Watch STREAM of a running pipeline (read-only, in its own process): values, rate, frame age."""
-    from .viewer import ViewerError, ViewerProcess
+    from .viewer import ViewerError, ViewerProcess, namespace_of
 
     try:
+        namespace = namespace or namespace_of(stream)
         viewer = ViewerProcess(stream, namespace, mode="png" if png_path else mode, png_path=png_path,
                                interval=interval, frames=frames)
     except ViewerError as exc:
@@ -369,14 +401,16 @@ def sinks(as_json: bool) -> None:
 
 # ---------------------------------------------------------------------- doctor
 @main.command()
-@click.argument("pipeline", required=False, type=click.Path(dir_okay=False), envvar="SHMPIPED_PIPELINE")
+@click.argument("pipeline", required=False, type=click.Path(dir_okay=False), envvar="SHMPIPED_PIPELINE",
+                callback=require_input)
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"ready", "pipeline", "findings": [{"name", "status", "seen", "fix"}]} instead of text.')
 def doctor(pipeline: str | None, as_json: bool) -> None:
-    """Check this machine for real time (for PIPELINE's settings, else for a fifo 50 worker with locked
-    memory) and print each finding with its fix.
+    """Check this machine for real time (for PIPELINE's settings, or $SHMPIPED_PIPELINE's, else for a
+    fifo 50 worker with locked memory) and print each finding with its fix.
 
-    Exit status: 0 ready (every finding ok or not applicable), 1 with findings to act on, 78 invalid PIPELINE.
+    Exit status: 0 ready (every finding ok or not applicable), 1 with findings to act on, 66 PIPELINE missing,
+    78 invalid PIPELINE.
     """
     from .config import PipelineConfig
     from .doctor import diagnose, generic_request, is_ready, report, request_for
@@ -405,6 +439,18 @@ from .cli_bench import bench, bench_pipeline  # noqa: E402  (the group lives in 
 
 main.add_command(bench)
 main.add_command(bench_pipeline, "benchmark")
+
+
+def _show_envvars(command: click.Command) -> None:
+    """Every option read from the environment says so in --help."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            param.show_envvar = True
+    for sub in getattr(command, "commands", {}).values():
+        _show_envvars(sub)
+
+
+_show_envvars(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from .cli_input import require_input
 from .errors import ConfigValidationError, SystemLimitError, WorkerProcessError
 from .service.daemon import EXIT_CONFIG, EXIT_PIPELINE_FAILED, EXIT_UNAVAILABLE
 
@@ -31,9 +32,11 @@ def bench() -> None:
     """Benchmarks: `bench FILE` measures a pipeline; `hop` and `copy` the transport."""
 
 
-def _print_results(results: list[dict], as_json: bool) -> None:
+def _print_results(results, as_json: bool) -> None:
+    """Print each row of ``results`` (an iterable that measures as it goes) as soon as it is measured;
+    with ``as_json``, one JSON list once all are."""
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json.dumps(list(results), indent=2))
         return
     for r in results:
         line = (f"{r['benchmark']:<10} {r['mode']:<10} {r['wait_strategy']:<6} "
@@ -60,9 +63,8 @@ def bench_hop(frames: int, rate: float, strategy: str, as_json: bool) -> None:
     """One hop writer process -> reader process: paced, lock-step, across and on one core."""
     from .bench import hop
 
-    results = [hop(rate, frames, strategy), hop(None, frames, strategy),
-               hop(rate, frames, strategy, same_core=True), hop(None, frames, strategy, same_core=True)]
-    _print_results(results, as_json)
+    _print_results((hop(paced, frames, strategy, same_core=same_core)
+                    for same_core in (False, True) for paced in (rate, None)), as_json)
 
 
 @bench.command("copy")
@@ -75,14 +77,13 @@ def bench_copy(frames: int, rate: float, strategy: str, as_json: bool) -> None:
     on one, and lock-step with telemetry off (its cost is the difference)."""
     from .bench import one_stage_pipeline as copy
 
-    results = [copy(rate, frames, strategy), copy(None, frames, strategy)]
+    runs = [(rate, {}), (None, {})]
     if strategy == "futex":  # a spinning reader on its writer's core only steals the writer's time
-        results += [copy(rate, frames, strategy, same_core=True),
-                    copy(None, frames, strategy, same_core=True),
-                    copy(None, frames, strategy, same_core=True, telemetry=False)]
+        runs += [(rate, {"same_core": True}), (None, {"same_core": True}),
+                 (None, {"same_core": True, "telemetry": False})]
     else:
-        results.append(copy(None, frames, strategy, telemetry=False))
-    _print_results(results, as_json)
+        runs.append((None, {"telemetry": False}))
+    _print_results((copy(paced, frames, strategy, **options) for paced, options in runs), as_json)
 
 
 @bench.command("gpu")
@@ -153,7 +154,7 @@ def bench_pyshmem(frames: int, rate: float, runs: int, as_json: bool) -> None:
 
 
 @bench.command("pipeline")
-@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.argument("file", type=click.Path(dir_okay=False), callback=require_input)
 @click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds measured.")
 @click.option("--warmup", type=float, default=0.5, show_default=True, help="Seconds before measuring.")
 @click.option("--source", default=None, metavar="STREAM:PATTERN[:RATE]",
@@ -215,18 +216,25 @@ def format_pipeline_report(report: dict) -> str:
 
 
 @bench.command("load")
-@click.argument("file", required=False, type=click.Path(dir_okay=False, exists=True))
+@click.argument("file", required=False, type=click.Path(dir_okay=False), callback=require_input)
 @click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds measured per run.")
 @click.option("--hogs", type=int, default=None, help="CPU-bound processes beside the pipeline [default: one per CPU].")
 @click.option("--json", "as_json", is_flag=True)
 def bench_load(file: str | None, duration: float, hogs: int | None, as_json: bool) -> None:
     """FILE (default: the demo) quiet and beside CPU hogs, without and with its real-time settings
     (fifo 50 with locked memory when it has none): end-to-end p50/p99/max and the delivered rate."""
-    from .bench_load import format_load_report, load
+    from .bench_load import format_load_header, format_load_row, load_rows
 
+    rows = []
     try:
-        rows = load(file, duration, hogs)
+        for row in load_rows(file, duration, hogs):
+            rows.append(row)
+            if not as_json:  # each row as soon as it is measured: a run takes tens of seconds
+                if len(rows) == 1:
+                    click.echo(format_load_header(row["output_stream"]))
+                click.echo(format_load_row(row))
     except ConfigValidationError as exc:
         click.echo(f"bench load: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    click.echo(json.dumps(rows, indent=2) if as_json else format_load_report(rows))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))

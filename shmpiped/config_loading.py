@@ -52,7 +52,7 @@ from .config_entries import (
 )
 from .config_realtime import effective_realtime
 from .config_stream_entries import _initial, _parse_stream
-from .errors import ConfigValidationError
+from .errors import ConfigFileUnreadable, ConfigValidationError
 
 __all__ = [
     "entry_from_mapping",
@@ -263,9 +263,9 @@ def read_config_text(path: str | os.PathLike) -> str:
             os.set_blocking(fd, True)
             data = handle.read(limits.MAX_FILE_BYTES + 1)
     except FileNotFoundError as exc:
-        raise ConfigValidationError(f"pipeline config file not found: {source}") from exc
+        raise ConfigFileUnreadable(f"pipeline config file not found: {source}") from exc
     except OSError as exc:
-        raise ConfigValidationError(f"cannot read pipeline config {source}: {exc.strerror or exc}") from exc
+        raise ConfigFileUnreadable(f"cannot read pipeline config {source}: {exc.strerror or exc}") from exc
     if len(data) > limits.MAX_FILE_BYTES:
         raise ConfigValidationError(
             f"pipeline config is larger than {limits.MAX_FILE_BYTES // (1024 * 1024)} MiB, the most a "

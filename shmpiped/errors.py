@@ -24,6 +24,10 @@ class ConfigValidationError(ShmPipelineError, ValueError):
         super().__init__(message if message is not None else (self.errors[0] if self.errors else ""))
 
 
+class ConfigFileUnreadable(ConfigValidationError):
+    """The pipeline file does not exist or cannot be read (the daemon and the CLI exit 66, EX_NOINPUT)."""
+
+
 class StateTransitionError(ShmPipelineError, RuntimeError):
     """A lifecycle method was called in a state that does not allow it."""
 

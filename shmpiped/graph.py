@@ -90,6 +90,13 @@ class PipelineGraph:
             if node_type == "kernel"
         ))
 
+    def _writers(self, streams, besides: str) -> tuple[str, ...]:
+        """Every node that writes one of ``streams`` (sources as ``name (source)``), ``besides`` left out."""
+        found = {f"{name} ({node_type})" if node_type != "kernel" else name
+                 for stream in streams for name, node_type in self._producers.get(stream, {}).items()
+                 if name != besides}
+        return tuple(sorted(found))
+
     def _kernel(self, name: str):
         try:
             return self._kernels[name]
@@ -288,7 +295,7 @@ class PipelineGraph:
             f"{kernel.name} ({kernel.kind}) inputs={', '.join(kernel.inputs)}"
             f" trigger_policy={kernel.trigger_policy} output={', '.join(kernel.outputs)}"
             f" auxiliary={_bindings(kernel.auxiliary)}"
-            f" upstream={_listed(self.upstream_kernels(kernel.name), 'external')}"
+            f" upstream={_listed(self._writers(kernel.all_inputs, kernel.name), 'external')}"
             f" downstream={_listed(self.downstream_kernels(kernel.name), 'terminal')}"
             for kernel in config.kernels
         ])
@@ -296,7 +303,7 @@ class PipelineGraph:
             f"{sink.name} ({sink.kind}) stream={sink.stream}"
             + (f" outputs={', '.join(sink.outputs)}" if sink.outputs else "")
             + f" auxiliary={_bindings(sink.auxiliary)}"
-            f" upstream={_listed(self._kernel_producers(sink.stream), 'external')}"
+            f" upstream={_listed(self._writers((sink.stream,), sink.name), 'external')}"
             for sink in config.sinks
         ])
         if self._orphans:

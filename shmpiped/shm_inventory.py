@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from .shm import layout
 from .shm.segment import Segment, lock_holder_alive, unlink_unless_held
 
-__all__ = ["Removal", "list_segments", "lock_holders", "no_room_message", "remove_segments", "shm_footprint"]
+__all__ = ["Removal", "describe_live_namespaces", "list_segments", "live_streams", "lock_holders", "no_room_message",
+           "remove_segments", "shm_footprint"]
 
 
 def lock_holders(path: str) -> list[int]:
@@ -104,6 +105,24 @@ def list_segments(namespace: str | None = None) -> list[dict]:
                 segment.close()
         rows.append(row)
     return rows
+
+
+def live_streams() -> dict[str, set[str]]:
+    """Stream names by namespace, of the streams whose owner runs (what a viewer or ``ctl`` can reach)."""
+    found: dict[str, set[str]] = {}
+    for row in list_segments():
+        if row["kind"] == "stream" and row["alive"]:
+            found.setdefault(row["namespace"], set()).add(row["stream"])
+    return found
+
+
+def describe_live_namespaces(found: dict[str, set[str]] | None = None) -> str:
+    """'running namespaces: demo (3 streams), ao (12 streams)' or 'no pipeline is running here'."""
+    found = live_streams() if found is None else found
+    if not found:
+        return "no pipeline is running here"
+    return "running namespaces: " + ", ".join(f"{ns} ({len(names)} stream{'s' * (len(names) != 1)})"
+                                              for ns, names in sorted(found.items()))
 
 
 @dataclass

@@ -72,6 +72,18 @@ class ViewerError(ShmPipelineError, RuntimeError):
 
 
 # -- attaching ---------------------------------------------------------------------
+def namespace_of(stream_name: str) -> str:
+    """The namespace to view ``stream_name`` in when none is given: the one running namespace that has
+    it (the default namespace when none or the default has it); a ViewerError when several have it."""
+    from .shm_inventory import live_streams
+
+    holders = sorted(ns for ns, names in live_streams().items() if stream_name in names)
+    if len(holders) > 1 and layout.DEFAULT_NAMESPACE not in holders:
+        raise ViewerError(f"stream {stream_name!r} exists in several running namespaces: {', '.join(holders)};"
+                          " pass --namespace NAME")
+    return holders[0] if len(holders) == 1 else layout.DEFAULT_NAMESPACE
+
+
 def attach_readonly(stream_name: str, namespace: str | None = None) -> Stream:
     """Attach to ``stream_name`` read-only, or raise a ViewerError that says why not."""
     ns = namespace or layout.DEFAULT_NAMESPACE
@@ -80,9 +92,12 @@ def attach_readonly(stream_name: str, namespace: str | None = None) -> Stream:
     except ValueError as exc:  # a name that cannot be a segment name
         raise ViewerError(f"cannot view stream {stream_name!r} in namespace {ns!r}: {exc}") from exc
     except FileNotFoundError as exc:
+        from .shm_inventory import describe_live_namespaces
+
         raise ViewerError(
             f"stream {stream_name!r} does not exist in namespace {ns!r}"
-            f" (no /dev/shm/{layout.stream_segment_name(ns, stream_name)}); is its pipeline built?"
+            f" (no /dev/shm/{layout.stream_segment_name(ns, stream_name)}); {describe_live_namespaces()}"
+            " (pass --namespace NAME)"
         ) from exc
     except (SharedMemoryError, PermissionError) as exc:
         raise ViewerError(f"cannot view stream {stream_name!r} in namespace {ns!r}: {exc}") from exc

@@ -304,7 +304,7 @@ def test_describe_full_graph_with_orphans_and_errors():
     assert ("- camera (synthetic) stream=frames, dark auxiliary=state=applied "
             "downstream=calibrate, centroid") in lines
     assert ("- centroid (cpu.centroid) inputs=frames, dark trigger_policy=all_new output=slopes "
-            "auxiliary=none upstream=external downstream=reconstruct") in lines
+            "auxiliary=none upstream=camera (source) downstream=reconstruct") in lines
     assert ("- reconstruct (cpu.matmul) inputs=slopes trigger_policy=any_new output=command "
             "auxiliary=matrix=gains, offset=ref upstream=calibrate, centroid "
             "downstream=terminal") in lines

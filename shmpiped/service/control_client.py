@@ -13,10 +13,12 @@ from .control_protocol import (
     MAX_RESPONSE_BYTES,
     ControlError,
     ControlUnavailable,
+    default_socket_path,
     jsonable,
 )
 
-__all__ = ["CTL_USAGE", "ctl_main", "format_status", "parse_ctl_words", "send_command"]
+__all__ = ["CTL_USAGE", "answering_sockets", "choose_socket", "ctl_main", "format_status", "parse_ctl_words",
+           "send_command"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1              # the daemon answered ok=false
@@ -87,12 +89,61 @@ def send_command(path: str, command: str, timeout: float = 10.0, **args: Any) ->
     return response.get("result")
 
 
+# --------------------------------------------------------------------------- finding the daemon
+
+
+def answering_sockets(directory: str | None = None) -> dict[str, str]:
+    """{name: path} of the control sockets in ``directory`` (default: where daemons of this user put
+    theirs) that accept a connection; the name is the file's stem (the namespace, or ``default-<pid>``)."""
+    directory = directory or os.path.dirname(default_socket_path())
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(".sock"))
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        path = os.path.join(directory, name)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+            probe.settimeout(0.5)
+            try:
+                probe.connect(path)
+            except OSError:
+                continue  # a socket file left by a daemon that is gone, or not ours to use
+        found[name[:-len(".sock")]] = path
+    return found
+
+
+def choose_socket(namespace: str | None) -> str:
+    """The control socket ``ctl`` talks to: the namespace's when one is given; else the default
+    namespace's when it answers, else the one daemon that answers; several: ControlUnavailable naming them."""
+    if namespace:
+        return default_socket_path(namespace)
+    default = default_socket_path()
+    found = answering_sockets(os.path.dirname(default))
+    if default in found.values() or not found:
+        return default
+    if len(found) == 1:
+        return next(iter(found.values()))
+    raise ControlUnavailable(f"{len(found)} daemons answer in {os.path.dirname(default)}: {', '.join(found)}; "
+                             "pass --namespace NAME (or --socket PATH)")
+
+
+def _who_answers(path: str) -> str:
+    """What to add to 'no daemon on PATH': the daemons that do answer, and the namespaces running here."""
+    from ..shm_inventory import describe_live_namespaces
+
+    found = answering_sockets(os.path.dirname(path))
+    sockets = (f"control sockets answering in {os.path.dirname(path)}: {', '.join(found)} (pass --namespace NAME)"
+               if found else f"no control socket answers in {os.path.dirname(path)}")
+    return f"{sockets}; {describe_live_namespaces()}"
+
+
 # --------------------------------------------------------------------------- shmpiped ctl
 
 CTL_USAGE = """\
 usage: shmpiped ctl COMMAND
 
-  status [--json]                          state and per-worker health, rate, exec time
+  status                                   state and per-worker health, rate, exec time
   pause | resume                           pause or resume every worker
   restart [WORKER]                         restart failed/dead workers, or WORKER
   reload                                   re-read the pipeline file (as SIGHUP)
@@ -100,6 +151,8 @@ usage: shmpiped ctl COMMAND
   synthetic start STREAM PATTERN [RATE_HZ] drive STREAM with a synthetic pattern
   synthetic stop STREAM                    stop that synthetic input
 
+--json (anywhere) prints the daemon's answer as JSON.
+Without --namespace or --socket: the default namespace's daemon, else the one daemon that answers.
 exit status: 0 done, 1 the daemon refused, 64 bad usage, 69 no daemon answering"""
 
 
@@ -109,22 +162,26 @@ class _Usage(Exception):
 
 def parse_ctl_words(words: list[str]) -> tuple[dict, bool]:
     """``ctl`` words -> (request without ``_peer``, want raw JSON); raises _Usage."""
-    words = list(words)
+    raw = "--json" in words
+    words = [word for word in words if word != "--json"]
     if not words:
         raise _Usage("a command is required")
-    command, rest = words[0], words[1:]
+    return _parse_command(words[0], words[1:]), raw
+
+
+def _parse_command(command: str, rest: list[str]) -> dict:
     if command == "status":
-        if rest not in ([], ["--json"]):
+        if rest:
             raise _Usage(f"status takes only --json, got {' '.join(rest)!r}")
-        return {"command": "status"}, bool(rest)
+        return {"command": "status"}
     if command in ("pause", "resume", "stop", "reload"):
         if rest:
             raise _Usage(f"{command} takes no arguments, got {' '.join(rest)!r}")
-        return {"command": command}, False
+        return {"command": command}
     if command == "restart":
         if len(rest) > 1:
             raise _Usage("restart takes at most one WORKER")
-        return {"command": "restart", "worker": rest[0] if rest else None}, False
+        return {"command": "restart", "worker": rest[0] if rest else None}
     if command == "synthetic":
         action, args = (rest[0], rest[1:]) if rest else (None, [])
         if action == "start" and len(args) in (2, 3):
@@ -137,9 +194,9 @@ def parse_ctl_words(words: list[str]) -> tuple[dict, bool]:
                 if not rate_hz > 0 or rate_hz == float("inf"):
                     raise _Usage(f"RATE_HZ must be positive and finite, got {args[2]!r}")
             return {"command": "synthetic", "action": "start", "stream": args[0],
-                    "pattern": args[1], "rate_hz": rate_hz}, False
+                    "pattern": args[1], "rate_hz": rate_hz}
         if action == "stop" and len(args) == 1:
-            return {"command": "synthetic", "action": "stop", "stream": args[0]}, False
+            return {"command": "synthetic", "action": "stop", "stream": args[0]}
         raise _Usage("synthetic start STREAM PATTERN [RATE_HZ] | synthetic stop STREAM")
     raise _Usage(f"unknown command {command!r}")
 
@@ -156,12 +213,13 @@ def ctl_main(path: str, words: list[str], timeout: float = 10.0) -> tuple[int, s
     try:
         result = send_command(path, command, timeout=timeout, **request)
     except ControlUnavailable as exc:
-        return EXIT_UNAVAILABLE, f"error: {exc}"
+        hint = f"\n{_who_answers(path)}" if "no shmpiped daemon is listening" in str(exc) else ""
+        return EXIT_UNAVAILABLE, f"error: {exc}{hint}"
     except ControlError as exc:
         return EXIT_ERROR, f"error: {command}: {exc}"
+    if raw:
+        return EXIT_OK, json.dumps(result, indent=2, sort_keys=True, default=jsonable)
     if command == "status":
-        if raw:
-            return EXIT_OK, json.dumps(result, indent=2, sort_keys=True)
         return EXIT_OK, format_status(result if isinstance(result, dict) else {})
     return EXIT_OK, _format_done(command, request, result)
 

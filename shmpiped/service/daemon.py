@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ..errors import (
+    ConfigFileUnreadable,
     ConfigValidationError,
     NamespaceBusyError,
     SharedMemoryError,
@@ -41,6 +42,7 @@ from .supervisor import RestartPolicy, Supervisor
 log = logging.getLogger("shmpiped.daemon")
 
 EXIT_OK = 0
+EXIT_NOINPUT = 66      # the pipeline file does not exist or cannot be read
 EXIT_UNAVAILABLE = 69  # the HTTP address cannot be served (in use, not permitted)
 EXIT_PIPELINE_FAILED = 70
 EXIT_CANT_CREATE = 73
@@ -285,6 +287,10 @@ class Daemon:
         try:
             try:
                 self.config_source, self.config = self._load_config()
+            except ConfigFileUnreadable as exc:
+                log.error("%s", exc)
+                self.notifier.stopping(str(exc))
+                return EXIT_NOINPUT
             except (ConfigValidationError, OSError) as exc:
                 errors = getattr(exc, "errors", None) or (str(exc),)
                 for error in errors:
@@ -543,9 +549,10 @@ class Daemon:
 
     @staticmethod
     def status_line(snapshot: dict) -> str:
-        """One line: state, workers active/total, loop rate (the last worker's throughput)."""
+        """One line: state, workers active/total, and the output rate: the throughput of the last worker
+        (the pipeline's last stage), named."""
         summary = snapshot["summary"]
-        rates = [w.get("throughput_hz", 0.0) for w in snapshot["workers"].values()]
-        rate = f", loop {rates[-1]:.1f} Hz" if rates else ""
+        last = list(snapshot["workers"].items())[-1:]
+        rate = "".join(f", output {worker.get('throughput_hz', 0.0):.1f} Hz at {name}" for name, worker in last)
         return (f"state={snapshot['state']} workers active={summary['active_workers']}/"
                 f"{summary['workers_total']} failed={summary['failed_workers']}{rate}")
