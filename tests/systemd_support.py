@@ -39,6 +39,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from . import docker_support
 from .docker_support import (
     REPO,
@@ -47,6 +49,7 @@ from .docker_support import (
     Unavailable,
     build_cached_image,
     build_wheelhouse,
+    check_engine,
     content_tag,
     debootstrap_image,
     docker,
@@ -55,6 +58,10 @@ from .docker_support import (
 )
 
 UNITS = REPO / "deploy" / "systemd"
+SERVICE = UNITS / "shmpiped.service"
+TEMPLATE = UNITS / "shmpiped@.service"
+DROP_IN = UNITS / "realtime.conf"
+UNIT = "shmpiped.service"
 PREFIX = "shmpiped-systest"
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "ca-certificates")
 BASE_RECIPE_VERSION = 1  # bump when the base recipe changes: the tag is derived from it
@@ -92,6 +99,32 @@ def systemd_analyze_verify(*paths: Path) -> subprocess.CompletedProcess:
     # --man=no: the units name no man pages; the check would need man-db.
     return run(["systemd-analyze", "verify", "--man=no", *map(str, paths)], check=False, timeout=60,
                env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""})
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """``Key -> [values]`` of a unit file (keys may repeat; sections are not kept apart)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def exposure(unit: Path) -> float:
+    """``systemd-analyze security --offline=true`` of ``unit`` (and of the drop-ins in ``<unit>.d/`` next
+    to it): the overall exposure level, 0.0 (locked down) to 10.0 (no sandbox)."""
+    try:
+        done = run(["systemd-analyze", "security", "--offline=true", "--no-pager", unit.name], check=False,
+                   timeout=60, cwd=unit.parent, env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""})
+    except Unavailable:
+        raise Unavailable("systemd-analyze is not installed (.ci/install-systemd.sh installs systemd)") from None
+    found = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
+    if found is None and "offline" in done.stderr:
+        raise Unavailable(f"this systemd-analyze cannot score units offline (needs systemd 250+): {done.stderr}")
+    assert found, done.stdout + done.stderr
+    return float(found.group(1))
 
 
 # ---------------------------------------------------------------------- the image
@@ -213,3 +246,57 @@ class SystemdContainer:
             time.sleep(interval)
         raise AssertionError(f"{unit} did not get there within {timeout} s; last: {props}\n{self.journal(unit)}")
 
+
+
+# ---------------------------------------------------------------------- fixtures and helpers of the tests
+
+
+@pytest.fixture(scope="module")
+def systemd_image():
+    try:
+        check_engine()
+        return build_test_image()
+    except Unavailable as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture
+def boot(systemd_image, request):
+    """Boots systemd containers for one test (``boot(*docker_run_options)``) and removes them after it."""
+    started = []
+
+    def boot(*options: str) -> SystemdContainer:
+        container = SystemdContainer(systemd_image, request.node.name.replace("[", "-").strip("]")[:40], options)
+        started.append(container)
+        return container.start()
+
+    try:
+        yield boot
+    finally:
+        for container in started:
+            container.remove()
+
+
+@pytest.fixture
+def machine(boot):
+    """A booted systemd container of its own, unprivileged."""
+    return boot()
+
+
+def new_namespace() -> str:
+    return f"st{uuid.uuid4().hex[:8]}"
+
+
+def configure(machine: SystemdContainer, **env: str) -> None:
+    """Write /etc/default/shmpiped (the unit's EnvironmentFile=)."""
+    machine.write_file("/etc/default/shmpiped", "".join(f"{k}={v}\n" for k, v in env.items()))
+
+
+def start_and_wait_active(machine: SystemdContainer, unit: str = UNIT, timeout: float = 60) -> dict:
+    machine.systemctl("start", unit, timeout=timeout + 30)  # returns when READY=1 arrived
+    return machine.wait_for(unit, lambda p: p["ActiveState"] == "active", timeout=5)
+
+
+def segments(machine: SystemdContainer, namespace: str) -> list[str]:
+    done = machine.exec("sh", "-c", f"ls /dev/shm | grep '^shmpiped\\.{namespace}' || true")
+    return done.stdout.split()
