@@ -69,15 +69,16 @@ def alert_expressions() -> list[tuple[str, str]]:
     return [(rule["alert"], rule["expr"]) for rule in alert_rules()]
 
 
-def substitute(expr: str, pipeline: str, worker: str, *, rate_interval: str = "1m",
-               interval: str = "15s", range_: str = "5m") -> str:
+def substitute(expr: str, pipeline: str, worker: str, *, instance: str = "lab1:9750", job: str = "shmpiped",
+               rate_interval: str = "1m", interval: str = "15s", range_: str = "5m") -> str:
     """``expr`` with Grafana's template variables replaced by concrete values.
 
     ``$pipeline``/``${pipeline}``/``${pipeline:fmt}``, the same for ``$worker``,
-    ``$__rate_interval`` (1m), ``$__interval`` (15s) and ``$__range`` (5m).
+    ``$instance`` and ``$job``, ``$__rate_interval`` (1m), ``$__interval`` (15s)
+    and ``$__range`` (5m).
     """
-    values = {"pipeline": pipeline, "worker": worker, "__rate_interval": rate_interval,
-              "__interval": interval, "__range": range_}
+    values = {"pipeline": pipeline, "worker": worker, "instance": instance, "job": job,
+              "__rate_interval": rate_interval, "__interval": interval, "__range": range_}
 
     def value(match: re.Match) -> str:
         name = match.group(1) or match.group(2)

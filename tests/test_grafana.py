@@ -7,6 +7,7 @@ test, tests/test_prometheus.py, repeats that against a live daemon).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -127,26 +128,31 @@ def test_panel_ids_titles_and_layout(dashboards):
 def test_variables(dashboards):
     for uid, model in dashboards.items():
         variables = {v["name"]: v for v in model["templating"]["list"]}
-        expected = {"datasource", "pipeline"} | ({"worker"} if uid == WORKER else set())
+        expected = {"datasource", "job", "instance", "pipeline"} | ({"worker"} if uid == WORKER else set())
         assert set(variables) == expected, uid
+        names = [v["name"] for v in model["templating"]["list"]]
+        assert names[:4] == ["datasource", "job", "instance", "pipeline"], uid  # each narrows the next
         datasource = variables["datasource"]
         assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
         assert datasource["current"]["value"] == "prometheus"   # the provisioned datasource's uid
         pipeline = variables["pipeline"]
         assert pipeline["type"] == "query" and pipeline["datasource"] == DATASOURCE
         assert pipeline["query"]["query"] == pipeline["definition"] == \
-            "label_values(shmpiped_pipeline_state, pipeline)"
+            'label_values(shmpiped_pipeline_state{job="$job", instance="$instance"}, pipeline)'
+        assert variables["job"]["definition"] == "label_values(shmpiped_build_info, job)"
+        assert variables["instance"]["definition"] == 'label_values(shmpiped_build_info{job="$job"}, instance)'
         if uid == WORKER:
             worker = variables["worker"]
             assert worker["datasource"] == DATASOURCE
             assert worker["query"]["query"] == worker["definition"] == \
-                'label_values(shmpiped_worker_health{pipeline="$pipeline"}, worker)'
+                'label_values(shmpiped_worker_health{job="$job", instance="$instance", pipeline="$pipeline"}, worker)'
         # every variable a query uses exists
         for panel in panels_of(model):
             for target in panel["targets"]:
                 used = template_variables(target["expr"]) - BUILTIN_VARIABLES
                 assert used <= set(variables), (uid, panel["title"], used)
                 assert "$pipeline" in target["expr"], (uid, panel["title"])
+                assert_one_daemon(target["expr"], f"{uid}: {panel['title']}")
                 if uid == WORKER and "worker_" in target["expr"]:
                     assert "$worker" in target["expr"], panel["title"]
 
@@ -194,10 +200,20 @@ def test_worker_panels(dashboards):
     panel = lambda title: _panel(dashboards, WORKER, title)
     exec_time = exprs_of(panel("Exec time"))
     assert "shmpiped_worker_avg_exec_seconds" in exec_time
-    assert "histogram_quantile(0.99, sum by (worker, le) (rate(shmpiped_worker_exec_seconds_bucket" in exec_time
-    assert "shmpiped_worker_jitter_rms_seconds" in exprs_of(panel("Jitter"))
+    assert ("histogram_quantile(0.99, sum by (instance, worker, le) (rate(shmpiped_worker_exec_seconds_bucket"
+            in exec_time)
+    jitter = exprs_of(panel("Jitter"))
+    assert "shmpiped_worker_jitter_rms_seconds" in jitter
+    for series in ("shmpiped_worker_exec_seconds_squared_total", "shmpiped_worker_exec_seconds_sum",
+                   "shmpiped_worker_exec_seconds_count"):
+        assert f"rate({series}{{" in jitter
     assert "shmpiped_worker_throughput_hertz" in exprs_of(panel("Throughput"))
-    assert "shmpiped_worker_idle_seconds" in exprs_of(panel("Idle"))
+    idle = exprs_of(panel("Idle"))  # from timestamps: they keep growing when the daemon stalls
+    assert "time() - shmpiped_worker_last_frame_timestamp_seconds{" in idle
+    assert "time() - shmpiped_worker_heartbeat_timestamp_seconds{" in idle
+    assert "_idle_seconds" not in idle and "_age_seconds" not in idle
+    placement = panel("Placement")
+    assert "shmpiped_worker_info{" in exprs_of(placement) and "{{gpu_uuid}}" in placement["targets"][0]["legendFormat"]
     assert "increase(shmpiped_worker_overruns_total" in exprs_of(panel("Overruns"))
     assert panel("Exec time distribution")["targets"][0]["format"] == "heatmap"
     units = {p["title"]: p["fieldConfig"]["defaults"].get("unit") for p in panels_of(dashboards[WORKER])}
@@ -211,8 +227,8 @@ def test_worker_real_time_panels(dashboards):
     texts = {o["text"] for o in policy["fieldConfig"]["defaults"]["mappings"][0]["options"].values()}
     assert texts == set(SCHEDULING_POLICIES)
     for state in SCHEDULING_POLICIES:
-        assert f'shmpiped_worker_scheduling_policy{{pipeline="$pipeline", worker="$worker", state="{state}"}} == 1' \
-            in exprs_of(policy)
+        assert ('shmpiped_worker_scheduling_policy{job="$job", instance="$instance", pipeline="$pipeline", '
+                f'worker="$worker", state="{state}"}} == 1') in exprs_of(policy)
     assert "shmpiped_worker_realtime_priority" in exprs_of(panel("Real-time priority"))
     assert panel("Locked memory")["fieldConfig"]["defaults"]["unit"] == "bytes"
     counters = exprs_of(panel("Context switches and page faults"))
@@ -234,22 +250,32 @@ def test_substitute():
     assert substitute(expr, "ao", "centroid") == (
         'rate(x{pipeline="ao", worker="centroid"}[1m]) + increase(y{pipeline="ao"}[15s]) + z[5m] '
         '+ $__interval_ms')
+    assert substitute('up{job="$job", instance="${instance}"}', "ao", "w", instance="n2:9750") == \
+        'up{job="shmpiped", instance="n2:9750"}'
     for _, _, query in dashboard_queries():
         assert "$" not in substitute(query, "ao", "centroid")
 
 
-def _series(name: str, labels: str, values: str) -> dict:
-    return {"series": f'{name}{{job="shmpiped", instance="lab1:9750", pipeline="ao", {labels}}}'.replace(", }", "}"),
+def _series(name: str, labels: str, values: str, instance: str = "lab1:9750") -> dict:
+    return {"series": f'{name}{{job="shmpiped", instance="{instance}", pipeline="ao", {labels}}}'.replace(", }", "}"),
             "values": values}
 
 
 def _exporter_like_series() -> list[dict]:
+    """Ten minutes of two daemons (two DaemonSet nodes: the same pipeline, the same workers) scraped every 15 s."""
+    lab1 = _one_daemon_series()
+    lab2 = [{**s, "series": s["series"].replace('instance="lab1:9750"', 'instance="lab2:9750"')} for s in lab1]
+    return lab1 + lab2
+
+
+def _one_daemon_series() -> list[dict]:
     """Ten minutes of a healthy two-worker pipeline at 10 Hz, scraped every 15 s."""
     series = [_series("shmpiped_pipeline_state", f'state="{s}"', "1x40" if s == "running" else "0x40")
               for s in PIPELINE_STATES]
     series += [_series("shmpiped_pipeline_failures_total", "", "0x40"),
                _series("shmpiped_pipeline_restarts_total", "", "0x40"),
-               _series("shmpiped_pipeline_target_rate_hertz", "", "10x40")]
+               _series("shmpiped_pipeline_target_rate_hertz", "", "10x40"),
+               _series("shmpiped_latency_budget_seconds", "", "0.002x40")]
     bounds = ["1e-05", "0.0001", "0.001", "+Inf"]
     for slot, worker in enumerate(("centroid", "reconstruct")):
         w = f'worker="{worker}"'
@@ -259,11 +285,12 @@ def _exporter_like_series() -> list[dict]:
                    _series("shmpiped_worker_avg_exec_seconds", w, "0.00005x40"),
                    _series("shmpiped_worker_jitter_rms_seconds", w, "0.000005x40"),
                    _series("shmpiped_worker_throughput_hertz", w, "10x40"),
-                   _series("shmpiped_worker_idle_seconds", w, "0.05x40"),
-                   _series("shmpiped_worker_last_metric_age_seconds", w, "0.05x40"),
+                   _series("shmpiped_worker_last_frame_timestamp_seconds", w, "0+15x40"),
+                   _series("shmpiped_worker_heartbeat_timestamp_seconds", w, "0+15x40"),
+                   _series("shmpiped_worker_exec_seconds_squared_total", w, "0+0.000000378x40"),
                    _series("shmpiped_worker_restarts_total", w, "0x40"),
                    _series("shmpiped_worker_overruns_total", w, "0x40"),
-                   _series("shmpiped_worker_cpu_slot", w, f"{slot}x40"),
+                   _series("shmpiped_worker_info", f'{w}, kind="cpu.scale", cpu="{slot}", gpu_uuid=""', "1x40"),
                    _series("shmpiped_worker_realtime_priority", w, "50x40"),
                    _series("shmpiped_worker_memory_locked_bytes", w, "150000000x40"),
                    _series("shmpiped_worker_voluntary_context_switches_total", w, "0+150x40"),
@@ -286,8 +313,19 @@ def _exporter_like_series() -> list[dict]:
     return series
 
 
+def assert_one_daemon(expr: str, where: str) -> None:
+    """Every series selector names ``$job`` and ``$instance``; every aggregation keeps ``instance``."""
+    for match in re.finditer(r"(shmpiped_[a-z_]+)(\{[^}]*\})?", expr):
+        selector = match.group(2) or ""
+        assert 'job="$job"' in selector and 'instance="$instance"' in selector, (where, match.group(0))
+    for by in re.findall(r"\bby \(([^)]*)\)", expr):
+        assert "instance" in [label.strip() for label in by.split(",")], (where, by)
+    assert not re.search(r"\b(sum|min|max|avg|count)\s*\(", expr), (where, "an aggregation without by (instance)")
+
+
 def test_every_dashboard_query_returns_data_in_promtool(tmp_path):
-    """promtool's PromQL engine evaluates each query over exporter-shaped series: none is empty."""
+    """promtool's PromQL engine evaluates each query over exporter-shaped series of two daemons that run the
+    same pipeline: each returns data, and only the selected daemon's (its `instance`, never a mix)."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool not found: install Debian's prometheus package (.ci/install-prometheus.sh)")
@@ -297,9 +335,9 @@ def test_every_dashboard_query_returns_data_in_promtool(tmp_path):
         "interval": "15s",
         "input_series": _exporter_like_series(),
         "promql_expr_test": [{
-            "expr": f"(count(\n{substitute(expr, 'ao', 'centroid')}\n) > bool 0) or vector(0)",
+            "expr": f"count by (instance) (\n{substitute(expr, 'ao', 'centroid', instance='lab2:9750')}\n) > bool 0",
             "eval_time": "10m",
-            "exp_samples": [{"labels": "{}", "value": 1}],
+            "exp_samples": [{"labels": '{instance="lab2:9750"}', "value": 1}],
         }],
     } for uid, title, expr in queries]
     path = tmp_path / "dashboard-queries.test.yml"

@@ -24,6 +24,7 @@ from shmpiped.service.metrics import (
     PIPELINE_STATES,
     WORKER_HEALTH_STATES,
     SnapshotCollector,
+    exposition,
     render,
 )
 
@@ -32,11 +33,13 @@ from .conftest import push, scale_pipeline, segments_of, stream, wait_for
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 ALLOWED_LABELS = {"pipeline", "worker", "stream", "state"}
 BUILD_INFO_LABELS = {"version", "python", "numpy", "cupy"}
+WORKER_INFO_LABELS = {"pipeline", "worker", "kind", "cpu", "gpu_uuid"}
 
 DAEMON = {
     "loop_duration_seconds": {"counts": [0, 5, 3, 1, 1], "sum_s": 0.25, "bounds_s": [0.001, 0.01, 0.1, 1.0]},
     "loop_iterations_total": 10,
     "started_at": 1_700_000_000.5,
+    "latency_budget_s": 0.0015,
     "target_rate_hz": 200.0,
     "failures_total": 3,
     "restarts_total": 2,
@@ -83,7 +86,8 @@ def assert_well_formed(families: dict) -> None:
         for sample in family.samples:
             assert math.isfinite(sample.value), sample
             labels = set(sample.labels) - {"le"}
-            allowed = BUILD_INFO_LABELS if family.name == "shmpiped_build_info" else ALLOWED_LABELS
+            allowed = {"shmpiped_build_info": BUILD_INFO_LABELS,
+                       "shmpiped_worker_info": WORKER_INFO_LABELS}.get(family.name, ALLOWED_LABELS)
             assert labels <= allowed, sample
             if "le" in sample.labels:
                 assert family.type == "histogram", sample
@@ -190,11 +194,27 @@ def test_values_mirror_the_snapshot(live):
         assert value(f, "shmpiped_worker_idle_seconds", worker=worker) == pytest.approx(w["idle_s"])
         assert value(f, "shmpiped_worker_last_metric_age_seconds", worker=worker) == pytest.approx(
             w["last_metric_age_s"])
-        if w["cpu_slot"] is None:
-            assert not samples(f, "shmpiped_worker_cpu_slot", worker=worker)
-        else:
-            assert value(f, "shmpiped_worker_cpu_slot", worker=worker) == w["cpu_slot"]
+        [info] = samples(f, "shmpiped_worker_info", worker=worker)
+        assert info.value == 1
+        assert info.labels == {"pipeline": snapshot["namespace"], "worker": worker, "kind": w["kind"],
+                               "cpu": "" if w["cpu_slot"] is None else str(w["cpu_slot"]), "gpu_uuid": ""}
+        # timestamps, not ages: the snapshot's ages and its timestamps tell the same instant
+        taken = time.time()
+        last_frame = value(f, "shmpiped_worker_last_frame_timestamp_seconds", worker=worker)
+        assert last_frame == w["last_frame_time"] and 0 <= taken - last_frame < 60
+        assert last_frame + w["idle_s"] == pytest.approx(
+            value(f, "shmpiped_worker_heartbeat_timestamp_seconds", worker=worker) + w["last_metric_age_s"],
+            abs=1e-3)
         hist = w["exec_histogram"]
+        # the sum of squares gives the exec-time jitter: over these few frames (all still in the window)
+        # it equals the rolling window's standard deviation
+        assert w["frames_processed"] <= 1000
+        count = value(f, "shmpiped_worker_exec_seconds", "_count", worker=worker)
+        mean = value(f, "shmpiped_worker_exec_seconds", "_sum", worker=worker) / count
+        sumsq = value(f, "shmpiped_worker_exec_seconds_squared", "_total", worker=worker)
+        assert sumsq == pytest.approx(hist["sumsq_s2"]) and sumsq > 0
+        assert math.sqrt(max(sumsq / count - mean ** 2, 0)) == pytest.approx(w["jitter_us_rms"] / 1e6, rel=1e-3,
+                                                                            abs=2e-9)
         assert value(f, "shmpiped_worker_exec_seconds", "_count", worker=worker) == sum(hist["counts"])
         assert value(f, "shmpiped_worker_exec_seconds", "_sum", worker=worker) == pytest.approx(hist["sum_s"])
         buckets = samples(f, "shmpiped_worker_exec_seconds", "_bucket", worker=worker)
@@ -219,8 +239,9 @@ def test_values_mirror_the_snapshot(live):
     assert value(f, "shmpiped_pipeline_restarts", "_total") == 2
     assert value(f, "shmpiped_pipeline_target_rate_hertz") == 200.0
     assert value(f, "shmpiped_supervisor_loop_iterations", "_total") == 10
-    assert value(f, "shmpiped_daemon_start_time_seconds") == 1_700_000_000.5
-    assert samples(f, "shmpiped_daemon_start_time_seconds")[0].labels == {}
+    assert "shmpiped_daemon_start_time_seconds" not in f  # process_start_time_seconds (process collector)
+    assert "shmpiped_worker_cpu_slot" not in f  # shmpiped_worker_info's cpu label
+    assert value(f, "shmpiped_latency_budget_seconds", pipeline=snapshot["namespace"]) == 0.0015
     assert value(f, "shmpiped_config_last_reload_successful") == 0
     assert value(f, "shmpiped_config_last_reload_success_timestamp_seconds") == 1_700_000_100.25
     loop = samples(f, "shmpiped_supervisor_loop_duration_seconds", "_bucket")
@@ -272,8 +293,10 @@ def test_fresh_worker_exports_zero_counters_and_no_empty_gauges(namespace, manag
     assert value(families, "shmpiped_worker_frames", "_total", worker="scale") == 0
     assert value(families, "shmpiped_worker_overruns", "_total", worker="scale") == 0
     assert value(families, "shmpiped_worker_exec_seconds", "_count", worker="scale") == 0
+    assert value(families, "shmpiped_worker_exec_seconds_squared", "_total", worker="scale") == 0
+    assert 0 <= time.time() - value(families, "shmpiped_worker_heartbeat_timestamp_seconds", worker="scale") < 60
     for gauge in ("shmpiped_worker_avg_exec_seconds", "shmpiped_worker_jitter_rms_seconds",
-                  "shmpiped_worker_throughput_hertz"):
+                  "shmpiped_worker_throughput_hertz", "shmpiped_worker_last_frame_timestamp_seconds"):
         assert gauge not in families  # no frame yet: omitted, not NaN or 0
     assert value(families, "shmpiped_end_to_end_latency_seconds", "_count", stream="output") == 0
     m.shutdown()
@@ -321,6 +344,7 @@ def test_malformed_or_partial_pieces_only_omit_their_family(live):
         "loop_iterations_total": "many",
         "target_rate_hz": None,
         "started_at": float("nan"),
+        "latency_budget_s": float("nan"),
     }}
     worker = dict(snapshot["workers"]["scale"])
     worker.update(avg_exec_us=None, cpu_slot=None, exec_histogram={"counts": [1, 2, 3], "sum_s": 1.0})
@@ -331,7 +355,7 @@ def test_malformed_or_partial_pieces_only_omit_their_family(live):
     assert_well_formed(families)
     promtool_check(body)
     for absent in ("shmpiped_supervisor_loop_duration_seconds", "shmpiped_supervisor_loop_iterations",
-                   "shmpiped_pipeline_target_rate_hertz", "shmpiped_daemon_start_time_seconds",
+                   "shmpiped_pipeline_target_rate_hertz", "shmpiped_latency_budget_seconds",
                    "shmpiped_synthetic_input_target_rate_hertz", "shmpiped_pipeline_restarts",
                    "shmpiped_config_last_reload_successful"):
         assert absent not in families, absent
@@ -339,9 +363,44 @@ def test_malformed_or_partial_pieces_only_omit_their_family(live):
     assert not samples(families, "shmpiped_worker_exec_seconds", "_count", worker="scale")
     assert samples(families, "shmpiped_worker_exec_seconds", "_count", worker="camscale")
     assert not samples(families, "shmpiped_worker_avg_exec_seconds", worker="scale")
-    assert not samples(families, "shmpiped_worker_cpu_slot", worker="scale")
+    assert samples(families, "shmpiped_worker_info", worker="scale", cpu="")[0].value == 1  # unpinned: ""
+    assert not samples(families, "shmpiped_worker_exec_seconds_squared", "_total", worker="scale")
     assert value(families, "shmpiped_worker_health", worker="scale", state="active") == 1
     assert value(families, "shmpiped_synthetic_input_rate_hertz", stream="syn") > 0
     # None and an empty dict are fine too
     assert set(parse(render(None))) == {"shmpiped_build_info"}
     assert set(parse(render({}))) == {"shmpiped_build_info", "shmpiped_pipeline_state"}
+
+
+# ---------------------------------------------------------------------- negotiated exposition
+
+
+def test_exposition_negotiates_openmetrics_and_gzip_like_prometheus_client(live):
+    """The headers Prometheus sends get OpenMetrics, gzipped; none get the text format; both carry process_*."""
+    import gzip
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+    _, snapshot, _ = live
+    accept = ("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;"
+              "q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+    body, headers = exposition(snapshot, accept, "gzip")
+    headers = dict(headers)
+    assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert headers["Content-Encoding"] == "gzip"
+    text = gzip.decompress(body).decode()
+    assert text.endswith("# EOF\n")
+    families = {f.name: f for f in parse_openmetrics(text)}
+    assert families["shmpiped_worker_frames"].type == "counter"
+    assert families["shmpiped_worker_info"].samples[0].value == 1
+    started = families["process_start_time_seconds"].samples[0].value  # this test process, as an epoch time
+    assert time.time() - 7 * 86400 < started <= time.time()
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+
+    plain, headers = exposition(snapshot, None, None)
+    assert dict(headers) == {"Content-Type": CONTENT_TYPE}
+    text_families = parse(plain)
+    assert_well_formed({k: v for k, v in text_families.items() if not k.startswith("process_")})
+    assert {"process_cpu_seconds", "process_open_fds", "process_start_time_seconds"} <= set(text_families)
+    promtool_check(plain)
+    assert "process_" not in render(snapshot).decode()  # render() stays the snapshot's families only
