@@ -45,6 +45,23 @@ def pytest_terminal_summary(terminalreporter, config):
     if count:
         terminalreporter.write_line(f"{count} GPU tests deselected: no CUDA device on this machine "
                                     "(their emulated-device twins ran)")
+    summarise_skips(terminalreporter)
+
+
+def summarise_skips(terminalreporter) -> None:
+    """One line per cause of skipped tests, with how many and in which files (pytest's own -rs
+    summary repeats a cause once per test when a helper skips inside the test's body)."""
+    by_reason: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        by_reason.setdefault(reason.removeprefix("Skipped: "), []).append(report.nodeid.split("::")[0])
+    if not by_reason:
+        return
+    terminalreporter.section("skipped, by cause", sep="-")
+    for reason, files in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        names = sorted(set(files))
+        terminalreporter.write_line(f"{len(files)} skipped: {reason} ({', '.join(names)})")
 
 
 def segments_of(namespace: str) -> list[str]:
