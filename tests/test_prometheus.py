@@ -102,8 +102,9 @@ def test_every_dashboard_query_returns_series(monitored, namespace):
     queries = dashboard_queries()
     assert queries
     empty = []
+    instance = f"127.0.0.1:{daemon.port}"
     for dashboard, panel, expr in queries:
-        result = server.query(substitute(expr, namespace, "stage"))
+        result = server.query(substitute(expr, namespace, "stage", instance=instance))
         if not result:
             empty.append((dashboard, panel, expr))
     assert not empty, f"panels without data: {empty}"
@@ -144,6 +145,48 @@ def test_killed_worker_shows_in_prometheus(monitored, namespace):
     changes = server.value(
         f'changes(shmpiped_worker_health{{pipeline="{namespace}",worker="stage",state="active"}}[1m])')
     assert changes is not None and changes >= 2  # active -> not active -> active
+
+
+def test_scrape_is_negotiated_and_carries_the_new_series(monitored, namespace):
+    """Prometheus's own scrape (OpenMetrics and gzip, as it asks) stores the process collector, the worker
+    info, the timestamps, the budget and the sum of squares; the jitter from the counters is a real number."""
+    import gzip
+
+    daemon, server = monitored
+    # what Prometheus asks for (its default scrape protocols), answered over real HTTP
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.port}/metrics", headers={
+        "Accept": "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;"
+                  "version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+        "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert response.headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(response.read()).decode()
+    assert text.endswith("# EOF\n") and "\nshmpiped_worker_info{" in text
+    status, plain = daemon.get("/metrics")  # no Accept header: the classic text format, uncompressed
+    assert status == 200 and plain.startswith(b"# HELP") and b"# EOF" not in plain
+
+    selector = f'job="shmpiped", instance="127.0.0.1:{daemon.port}", pipeline="{namespace}", worker="stage"'
+    assert server.value('process_start_time_seconds{job="shmpiped"}') > 1.6e9
+    assert server.value('process_resident_memory_bytes{job="shmpiped"}') > 0
+    assert server.value('count({job="shmpiped", __name__="shmpiped_daemon_start_time_seconds"})') is None
+    [info] = server.query(f"shmpiped_worker_info{{{selector}}}")
+    # an empty label is no label in Prometheus: a CPU worker's info has no gpu_uuid
+    assert info["metric"]["kind"] == "cpu.scale" and "gpu_uuid" not in info["metric"]
+    # a join on the info series (as with dcgm-exporter's UUID): frames per second labelled with the kind
+    joined = server.query(f"rate(shmpiped_worker_frames_total{{{selector}}}[30s]) * on (instance, pipeline, worker) "
+                          f"group_left (kind) shmpiped_worker_info")
+    assert [r["metric"]["kind"] for r in joined] == ["cpu.scale"]
+    # timestamps: a worker fed at 1 kHz completed a frame within the last few scrapes
+    assert 0 <= server.value(f"time() - shmpiped_worker_last_frame_timestamp_seconds{{{selector}}}") < 5
+    assert 0 <= server.value(f"time() - shmpiped_worker_heartbeat_timestamp_seconds{{{selector}}}") < 5
+    assert server.value(f'shmpiped_latency_budget_seconds{{pipeline="{namespace}"}}') == 0.002
+    from .promql_catalogue import dashboard_queries, substitute
+
+    [jitter] = [e for _, panel, e in dashboard_queries() if panel == "Jitter" and "squared" in e]
+    value = server.value(substitute(jitter, namespace, "stage", instance=f"127.0.0.1:{daemon.port}"))
+    window = server.value(f"shmpiped_worker_jitter_rms_seconds{{{selector}}}")
+    assert value is not None and 0 < value < 0.01 and window is not None and 0 < window < 0.01
 
 
 # ---------------------------------------------------------------------- real time (issue 13)
@@ -193,11 +236,12 @@ def test_real_time_panels_and_alert_see_the_real_time_worker(monitored_realtime,
                        or "context_switches" in expr or "cpu_seconds" in expr or "realtime_priority" in expr]
     assert len(realtime_panels) >= 6
     for panel, expr in realtime_panels:
-        result = server.query(substitute(expr, namespace, "stage"))
+        result = server.query(substitute(expr, namespace, "stage", instance=f"127.0.0.1:{daemon.port}"))
         assert result, (panel, expr)
     # The policy panel shows fifo: its code is fifo's position in the list (2).
     [(_, policy)] = [(p, e) for p, e in realtime_panels if p == "Scheduling policy"]
-    assert [float(r["value"][1]) for r in server.query(substitute(policy, namespace, "stage"))] == [2.0]
+    assert [float(r["value"][1]) for r in server.query(
+        substitute(policy, namespace, "stage", instance=f"127.0.0.1:{daemon.port}"))] == [2.0]
     [expr] = [e for name, e in alert_expressions() if name == "ShmpipedRealtimeWorkerDisturbed"]
     watched = expr.rstrip().rsplit("and on (instance, job, pipeline, worker)", 1)[1]
     assert [r["metric"]["worker"] for r in server.query(watched)] == ["stage"]
