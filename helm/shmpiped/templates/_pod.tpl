@@ -236,6 +236,7 @@ spec:
 {{- end }}
 {{- $volumes = append $volumes $volume.name }}
 {{- end }}
+{{- $extraPaths := list }}
 {{- range $index, $mount := $values.extraVolumeMounts }}
 {{- if not (has $mount.name $volumes) }}
 {{- fail (printf "extraVolumeMounts[%d]: no volume is named %q: add it to extraVolumes" $index $mount.name) }}
@@ -246,9 +247,9 @@ spec:
 {{- fail (printf "extraVolumeMounts[%d]: mountPath %s is at or under the chart's mount %s (volume %s): mount it elsewhere, e.g. /opt/shmpiped/%s" $index $mount.mountPath $chartPath $chartVolume $mount.name) }}
 {{- end }}
 {{- end }}
-{{- if hasKey $mounts $path }}
+{{- if has $path $extraPaths }}
 {{- fail (printf "extraVolumeMounts[%d]: mountPath %s is used twice" $index $mount.mountPath) }}
 {{- end }}
-{{- $_ := set $mounts $path $mount.name }}
+{{- $extraPaths = append $extraPaths $path }}
 {{- end }}
 {{- end }}
