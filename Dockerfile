@@ -23,6 +23,18 @@
 #                  auto: install it when the wheelhouse or the network has it; 0: NumPy only (CPU
 #                  image, about 300 MB smaller: CuPy is most of the venv).
 #   SHMPIPED_UID   the non-root user's uid and gid (default 10001).
+#   VERSION, REVISION, CREATED, SOURCE
+#                  the OCI labels org.opencontainers.image.version (shmpiped's version), .revision
+#                  (the commit), .created (RFC 3339, UTC) and .source (where the source is); their
+#                  defaults say "unknown" (CREATED: 1970-01-01T00:00:00Z), so pass them.  The label
+#                  .base.name is BASE_IMAGE.  A release build, from the checkout:
+#
+#   docker build -t shmpiped \
+#     --build-arg VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)" \
+#     --build-arg REVISION="$(git rev-parse HEAD)" \
+#     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+#     --build-arg SOURCE="$(git remote get-url origin)" .
+#   docker image inspect --format '{{json .Config.Labels}}' shmpiped
 #
 # GPUs (GPU=1)
 #   The image holds CuPy for CUDA 12, so pipelines with `storage: gpu` streams and `gpu.*` kernels run
@@ -67,9 +79,6 @@ COPY docker/prepare-runtime.sh /usr/local/lib/shmpiped/prepare-runtime.sh
 RUN SHMPIPED_UID="${SHMPIPED_UID}" sh /usr/local/lib/shmpiped/prepare-runtime.sh
 COPY --from=builder /opt/shmpiped /opt/shmpiped
 
-LABEL org.opencontainers.image.title="shmpiped" \
-      org.opencontainers.image.description="Real-time shared-memory pipeline daemon" \
-      org.opencontainers.image.licenses="MIT"
 
 ENV PATH=/opt/shmpiped/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
@@ -84,3 +93,18 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["/opt/shmpiped/bin/python", "/usr/local/lib/shmpiped/healthcheck.py"]
 ENTRYPOINT ["/usr/local/bin/shmpiped-entrypoint"]
 CMD ["run"]
+
+# The OCI annotations, last: a new revision or date rebuilds only this step.
+ARG BASE_IMAGE
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG CREATED=1970-01-01T00:00:00Z
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="shmpiped" \
+      org.opencontainers.image.description="Real-time shared-memory pipeline daemon" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"

@@ -31,6 +31,7 @@ When Docker cannot be used the tests skip with the reason, except under
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import functools
 import hashlib
@@ -295,8 +296,41 @@ def remove_older_images(keep: str) -> None:
 # ---------------------------------------------------------------------- the shmpiped image
 
 
+def git(*args: str) -> str | None:
+    """``git args`` in the checkout, or None where it is not a git checkout (an sdist, say)."""
+    try:
+        done = run(["git", "-C", str(REPO), *args], check=False, timeout=30)
+    except Unavailable:
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def oci_build_args() -> dict[str, str]:
+    """The Dockerfile's OCI label arguments as a release build passes them (its header comment).
+
+    VERSION is pyproject.toml's, REVISION ``git rev-parse HEAD``, SOURCE the ``origin`` remote
+    (else the checkout as a file URL).  CREATED is the commit's time, in UTC, rather than the
+    build's: the same commit gives the same arguments, so its cached image is reused.
+    """
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    revision = git("rev-parse", "HEAD")
+    committed = git("log", "-1", "--format=%ct")
+    created = (datetime.datetime.fromtimestamp(int(committed), datetime.timezone.utc) if committed
+               else datetime.datetime.now(datetime.timezone.utc))
+    return {"VERSION": version, "REVISION": revision or "unknown",
+            "CREATED": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "SOURCE": git("remote", "get-url", "origin") or REPO.as_uri()}
+
+
+#: The build arguments each shmpiped image tag was made with (``build_image``).
+IMAGE_BUILD_ARGS: dict[str, dict[str, str]] = {}
+
+
 def build_image(base: str) -> str:
-    """The project's Dockerfile on ``base`` with its defaults (GPU=1: cupy-cuda12x), offline."""
+    """The project's Dockerfile on ``base`` with its defaults (GPU=1: cupy-cuda12x), offline, labelled
+    with ``oci_build_args()``; the arguments it was built with are ``IMAGE_BUILD_ARGS[tag]``."""
 
     def make_context(scratch: Path) -> Path:
         require_host_python(base)
@@ -305,8 +339,11 @@ def build_image(base: str) -> str:
         build_wheelhouse(context / "wheelhouse", scratch, extras=("gpu",))
         return context
 
-    tag = content_tag(PREFIX, base, CONTEXT_FILES)
-    return build_cached_image(tag, make_context, {"BASE_IMAGE": base, "WHEELHOUSE": "wheelhouse"})
+    build_args = {"BASE_IMAGE": base, "WHEELHOUSE": "wheelhouse", **oci_build_args()}
+    # The arguments are part of the tag: a new commit relabels (rebuilds) the image.
+    tag = content_tag(PREFIX, json.dumps(build_args, sort_keys=True), CONTEXT_FILES)
+    IMAGE_BUILD_ARGS[tag] = build_args
+    return build_cached_image(tag, make_context, build_args)
 
 
 # ---------------------------------------------------------------------- containers

@@ -11,8 +11,10 @@ engine these tests skip, and fail under CI=true.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import subprocess
 import textwrap
 import time
@@ -24,6 +26,8 @@ import pytest
 from .conftest import run_python, segments_of
 from .daemon_support import metric_value
 from .docker_support import (
+    IMAGE_BUILD_ARGS,
+    REPO,
     Containers,
     Unavailable,
     build_base_image,
@@ -34,6 +38,7 @@ from .docker_support import (
     host_port,
     inspect,
     logs,
+    oci_build_args,
     unavailable,
     wait_healthy,
     wait_until,
@@ -151,6 +156,41 @@ def test_image_metadata(shmpiped_image):
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["SHMPIPED_HTTP_ADDRESS"] == "0.0.0.0:9750"
     assert env["SHMPIPED_CONTROL_SOCKET"] == "/run/shmpiped/control.sock"
+
+
+def test_image_carries_the_oci_labels_it_was_built_with(shmpiped_image):
+    """The build arguments VERSION, REVISION, CREATED, SOURCE and BASE_IMAGE become the OCI labels."""
+    passed = IMAGE_BUILD_ARGS[shmpiped_image]
+    labels = json.loads(docker("image", "inspect", shmpiped_image).stdout)[0]["Config"]["Labels"]
+    oci = {key.removeprefix("org.opencontainers.image."): value for key, value in labels.items()
+           if key.startswith("org.opencontainers.image.")}
+    assert oci == {
+        "title": "shmpiped", "description": "Real-time shared-memory pipeline daemon", "licenses": "MIT",
+        "version": passed["VERSION"], "revision": passed["REVISION"], "created": passed["CREATED"],
+        "source": passed["SOURCE"], "base.name": passed["BASE_IMAGE"],
+    }
+    # What was passed is what a release build passes: the package's version, a commit, RFC 3339 UTC.
+    from shmpiped import __version__
+
+    assert oci["version"] == __version__
+    assert re.fullmatch(r"[0-9a-f]{40}", oci["revision"]), oci["revision"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", oci["created"]), oci["created"]
+    created = datetime.datetime.strptime(oci["created"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    assert datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc) < created
+    assert created <= datetime.datetime.now(datetime.timezone.utc)
+
+
+def test_the_documented_release_build_passes_the_same_labels():
+    """The Dockerfile header's build command, run in the checkout, gives what the tests' build passes."""
+    header = (REPO / "Dockerfile").read_text().split("\nARG ", 1)[0]
+    commands = dict(re.findall(r'--build-arg (\w+)="\$\((.+)\)"', header))
+    assert set(commands) == {"VERSION", "REVISION", "CREATED", "SOURCE"}, commands
+    expected = oci_build_args()
+    for name in ("VERSION", "REVISION"):
+        done = subprocess.run(commands[name], shell=True, cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and done.stdout.strip() == expected[name], (name, done)
+    done = subprocess.run(commands["CREATED"], shell=True, capture_output=True, text=True, timeout=30)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", done.stdout.strip()), done
 
 
 def test_embedded_demo_becomes_healthy_and_is_scraped_from_the_host(containers):
