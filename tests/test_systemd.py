@@ -162,10 +162,11 @@ def test_sysusers_entry_creates_a_system_user(tmp_path):
 
 
 def test_env_file_names_only_real_settings():
-    """Every variable in shmpiped.env is an environment twin of a `shmpiped run` option."""
-    from shmpiped.cli import run
+    """Every variable in shmpiped.env is an environment twin of a `shmpiped run` option (or of the
+    `shmpiped --log-level` that run inherits)."""
+    from shmpiped.cli import main, run
 
-    known = {param.envvar for param in run.params if param.envvar}
+    known = {param.envvar for param in (*main.params, *run.params) if param.envvar}
     named = re.findall(r"^#?(SHMPIPED_[A-Z_]+)=", (UNITS / "shmpiped.env").read_text(), flags=re.MULTILINE)
     assert named and set(named) <= known, set(named) - known
     assert known - set(named) == {"SHMPIPED_DEBUG_COMMANDS"}  # hidden, for tests only
