@@ -226,6 +226,11 @@ def test_pod_disruption_budget(helm, kubernetes_validate):
     assert budget["minAvailable"] == "50%" and "maxUnavailable" not in budget
     assert "unhealthyPodEvictionPolicy" not in budget
     assert not of_kind(render(helm), "PodDisruptionBudget")
+    # Before Kubernetes 1.27 the policy field is left out.
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--kube-version", "1.26.0",
+                      "--set", "podDisruptionBudget.enabled=true")
+    budget = next(obj for obj in yaml.safe_load_all(result.stdout) if obj and obj["kind"] == "PodDisruptionBudget")
+    assert result.returncode == 0 and "unhealthyPodEvictionPolicy" not in budget["spec"], result.stderr
     stderr = refused(helm, "--set", "podDisruptionBudget.enabled=true", "--set", "podDisruptionBudget.minAvailable=1")
     assert "set exactly one of maxUnavailable and minAvailable" in stderr, stderr
     stderr = refused(helm, "--set", "podDisruptionBudget.maxUnavailable=half")
