@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .conftest import unavailable
@@ -42,6 +43,17 @@ def validator():
     except ImportError:
         unavailable("kubernetes-validate not installed: run .ci/install-helm.sh", "chart tests")
     return kubernetes_validate
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm command (a fixture: a test module takes it with ``helm = helm_support.helm``)."""
+    return tool("helm", ".ci/install-helm.sh")
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate():
+    return validator()
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from . import helm_support
 from .daemon_support import free_port
 from .helm_support import (
     CHART,
@@ -54,7 +55,6 @@ from .helm_support import (
     render,
     run_helm,
     tool,
-    validator,
     values_args,
     workload,
 )
@@ -64,14 +64,8 @@ VALUE_SETS = [None, *CI_VALUES]
 VALUE_IDS = ["defaults", *(path.stem for path in CI_VALUES)]
 
 
-@pytest.fixture(scope="session")
-def helm() -> str:
-    return tool("helm", ".ci/install-helm.sh")
-
-
-@pytest.fixture(scope="session")
-def kubernetes_validate():
-    return validator()
+# The session fixtures of tests/helm_support.py.
+helm, kubernetes_validate = helm_support.helm, helm_support.kubernetes_validate
 
 
 @pytest.fixture(scope="session")

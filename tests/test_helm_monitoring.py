@@ -16,6 +16,7 @@ import subprocess
 import pytest
 import yaml
 
+from . import helm_support
 from .helm_support import (
     CHART,
     NAMESPACE,
@@ -57,9 +58,8 @@ JOB_CASES = [
 JOB_IDS = [case[0] for case in JOB_CASES]
 
 
-@pytest.fixture(scope="session")
-def helm() -> str:
-    return tool("helm", ".ci/install-helm.sh")
+# The session fixture of tests/helm_support.py.
+helm = helm_support.helm
 
 
 @pytest.fixture(scope="session")

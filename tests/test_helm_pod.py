@@ -16,6 +16,7 @@ import urllib.parse
 import pytest
 import yaml
 
+from . import helm_support
 from .daemon_support import free_port, write_pipeline
 from .helm_support import (
     CHART,
@@ -32,8 +33,6 @@ from .helm_support import (
     render,
     run_helm,
     selects,
-    tool,
-    validator,
     workload,
 )
 
@@ -42,14 +41,8 @@ DIGEST = "sha256:" + "ab" * 32
 CHART_VOLUMES = {"dev-shm", "run", "tmp"}
 
 
-@pytest.fixture(scope="session")
-def helm() -> str:
-    return tool("helm", ".ci/install-helm.sh")
-
-
-@pytest.fixture(scope="session")
-def kubernetes_validate():
-    return validator()
+# The session fixtures of tests/helm_support.py.
+helm, kubernetes_validate = helm_support.helm, helm_support.kubernetes_validate
 
 
 def valid(kubernetes_validate, objects: list[dict]) -> list[dict]:
