@@ -9,6 +9,7 @@
 {{- $_ := set $limits "nvidia.com/gpu" (int .Values.gpu.count) }}
 {{- end }}
 {{- include "shmpiped.checkExtraVolumes" (dict "Values" .Values "pipeline" $pipeline) }}
+{{- include "shmpiped.checkControlToken" . }}
 {{- "" -}}
 metadata:
   labels:
@@ -71,6 +72,11 @@ spec:
         # `kubectl exec ... -- shmpiped ctl` finds the socket through the same variable.
         - name: SHMPIPED_CONTROL_SOCKET
           value: {{ ternary "/run/shmpiped/control.sock" "none" .Values.daemon.controlSocket | quote }}
+        {{- if .Values.control.existingSecret }}
+        # The control plane's tokens: the Secret control.existingSecret, mounted below.
+        - name: SHMPIPED_TOKEN_FILE
+          value: {{ include "shmpiped.tokenFile" . }}
+        {{- end }}
         {{- if not (kindIs "invalid" .Values.daemon.restartBudget) }}
         - name: SHMPIPED_RESTART_BUDGET
           value: {{ .Values.daemon.restartBudget | toString | quote }}
@@ -142,6 +148,11 @@ spec:
         {{- end }}
         - name: tmp
           mountPath: /tmp
+        {{- if .Values.control.existingSecret }}
+        - name: control-token
+          mountPath: {{ include "shmpiped.tokenDir" . }}
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -168,6 +179,17 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- with .Values.control.existingSecret }}
+    # 0440, owner root, group fsGroup: readable by the daemon, not world-readable (which the
+    # daemon refuses; a Secret's files are 0644 by default).
+    - name: control-token
+      secret:
+        secretName: {{ . }}
+        defaultMode: 288  # 0440: the octal a YAML 1.2 reader would take for 440
+        items:
+          - key: {{ $.Values.control.secretKey }}
+            path: token
+    {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -229,10 +251,11 @@ spec:
 {{- if not $values.shm.hostIPC }}{{ $_ := set $mounts "/dev/shm" "dev-shm" }}{{ end }}
 {{- if .pipeline }}{{ $_ := set $mounts "/etc/shmpiped" "pipeline" }}{{ end }}
 {{- if $values.daemon.controlSocket }}{{ $_ := set $mounts "/run/shmpiped" "run" }}{{ end }}
-{{- $volumes := list "dev-shm" "pipeline" "run" "tmp" }}
+{{- if $values.control.existingSecret }}{{ $_ := set $mounts "/run/secrets/shmpiped" "control-token" }}{{ end }}
+{{- $volumes := list "dev-shm" "pipeline" "run" "tmp" "control-token" }}
 {{- range $index, $volume := $values.extraVolumes }}
 {{- if has $volume.name $volumes }}
-{{- fail (printf "extraVolumes[%d]: the name %q is taken (the chart's volumes are dev-shm, pipeline, run and tmp; names are unique): rename it" $index $volume.name) }}
+{{- fail (printf "extraVolumes[%d]: the name %q is taken (the chart's volumes are dev-shm, pipeline, run, tmp and control-token; names are unique): rename it" $index $volume.name) }}
 {{- end }}
 {{- $volumes = append $volumes $volume.name }}
 {{- end }}
@@ -251,5 +274,29 @@ spec:
 {{- fail (printf "extraVolumeMounts[%d]: mountPath %s is used twice" $index $mount.mountPath) }}
 {{- end }}
 {{- $extraPaths = append $extraPaths $path }}
+{{- end }}
+{{- end }}
+
+{{/* Where the control plane's token file is mounted (control.existingSecret). */}}
+{{- define "shmpiped.tokenDir" -}}
+/run/secrets/shmpiped
+{{- end }}
+
+{{- define "shmpiped.tokenFile" -}}
+{{ include "shmpiped.tokenDir" . }}/token
+{{- end }}
+
+{{/* The token file is 0440, owner root, group podSecurityContext.fsGroup: a container that runs as
+     another user than root reads it through fsGroup only. */}}
+{{- define "shmpiped.checkControlToken" -}}
+{{- if .Values.control.existingSecret }}
+{{- $context := fromYaml (include "shmpiped.containerSecurityContext" .) }}
+{{- $pod := default (dict) .Values.podSecurityContext }}
+{{- $user := "" }}
+{{- if hasKey $context "runAsUser" }}{{ $user = toString $context.runAsUser }}
+{{- else if hasKey $pod "runAsUser" }}{{ $user = toString $pod.runAsUser }}{{ end }}
+{{- if and (ne $user "0") (not (hasKey $pod "fsGroup")) }}
+{{- fail "control.existingSecret: the token file is mounted 0440 (owner root, group podSecurityContext.fsGroup), but podSecurityContext.fsGroup is not set and the container does not run as uid 0, so the daemon could not read it: set podSecurityContext.fsGroup (e.g. 10001)" }}
+{{- end }}
 {{- end }}
 {{- end }}
