@@ -439,6 +439,9 @@ from .cli_bench import bench, bench_pipeline  # noqa: E402  (the group lives in 
 
 main.add_command(bench)
 main.add_command(bench_pipeline, "benchmark")
+from .cli_console import console_screenshot  # noqa: E402  (the web console's screenshot command)
+
+main.add_command(console_screenshot)
 
 
 def _show_envvars(command: click.Command) -> None:
