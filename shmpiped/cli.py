@@ -200,9 +200,12 @@ def _optional(value: str | None) -> str | None:
 @click.option("--poll-interval", type=float, default=None, hidden=True,
               help="Accepted for shmpipeline compatibility; the supervisor loop runs at 10 Hz.")
 @click.option("--debug-commands", is_flag=True, hidden=True, envvar="SHMPIPED_DEBUG_COMMANDS")
+@click.option("--token-file", envvar="SHMPIPED_TOKEN_FILE", default=None, type=click.Path(dir_okay=False),
+              help="Bearer tokens of the HTTP control plane ('TOKEN' or 'SCOPE TOKEN' a line; scopes read, "
+                   "control, admin); without it, control requests answer 403.")
 def run(pipeline, namespace, http_address, control_socket, restart_budget, restart_window, backoff_initial,
         backoff_max, watchdog_timeout, target_rate, latency_budget, fail_fast, run_log_level, log_format, status_interval,
-        duration, json_status, poll_interval, debug_commands) -> None:
+        duration, json_status, poll_interval, debug_commands, token_file) -> None:
     """Run PIPELINE (or $SHMPIPED_PIPELINE; default: the embedded adaptive-optics demo,
     shmpiped/demo/ao_loop.yaml, namespace 'demo') as a supervised daemon.
 
@@ -229,6 +232,7 @@ def run(pipeline, namespace, http_address, control_socket, restart_budget, resta
         control_socket=None if control_socket.lower() in ("none", "off") else control_socket,
         policy=policy, fail_fast=fail_fast, duration=duration, status_interval=status_interval,
         target_rate_hz=target_rate, latency_budget_s=latency_budget, debug_commands=debug_commands,
+        token_file=token_file or None,
     )
     daemon = Daemon(settings)
     status = daemon.run()
@@ -439,6 +443,9 @@ from .cli_bench import bench, bench_pipeline  # noqa: E402  (the group lives in 
 
 main.add_command(bench)
 main.add_command(bench_pipeline, "benchmark")
+from .cli_serve import serve  # noqa: E402  (`shmpiped serve`: shmpipeline's command, in shmpiped/cli_serve.py)
+
+main.add_command(serve)
 from .cli_console import console_screenshot  # noqa: E402  (the web console's screenshot command)
 
 main.add_command(console_screenshot)

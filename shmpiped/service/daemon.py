@@ -36,6 +36,14 @@ from ..errors import (
     SystemLimitError,
     WorkerProcessError,
 )
+from .daemon_control import (
+    LIFECYCLE_COMMANDS,
+    announce_control_plane,
+    command_event,
+    load_tokens,
+    publish_command_events,
+    run_lifecycle_command,
+)
 from .notify import SystemdNotifier
 from .supervisor import RestartPolicy, Supervisor
 
@@ -73,6 +81,8 @@ class DaemonSettings:
     target_rate_hz: float | None = None   # exported for the "loop rate below target" alert
     latency_budget_s: float = 0.002       # exported for the end-to-end latency alert and panels
     debug_commands: bool = False          # accept the 'debug' control command (tests only)
+    token_file: str | None = None         # the control plane's tokens (--token-file); None: control disabled
+    token: str | None = None              # one admin token given on the command line (`serve --token`)
 
 
 class _LoopTimer:
@@ -134,6 +144,15 @@ class Daemon:
         self._worker_cpus: set[int] | None = None  # the CPUs the daemon's own threads were last kept off
         #: The pipeline's last runtime snapshot, taken just before shutdown (``shmpiped run --json-status``).
         self.final_snapshot: dict | None = None
+        from .events import EventHub
+        from .tokens import TokenTable
+
+        self.events = EventHub()               # the control plane's event stream, fed by _publish
+        self.tokens = TokenTable()
+        self.document_revision = 1             # +1 for each reload or document that changed the pipeline
+        self._reload_loader = None             # a document to apply instead of re-reading the file
+        self._command_events: list = []        # (name, data) to publish after the next snapshot
+        self._discovery = None
 
     # ------------------------------------------------------------------ signals and commands
     def _on_signal(self, signum, frame) -> None:
@@ -167,9 +186,17 @@ class Daemon:
                 break
         for request, future in pending:
             command = request.get("command")
-            if command == "reload":
+            if command in ("reload", "apply"):
+                self._command_events.append(command_event(request))
+            if command == "reload" and self._reload_loader is None:
                 self._reload_answers.append(future)
                 self._reload_requested = True
+            elif command == "apply" and not (reloading or self._reload_requested):
+                self._reload_loader = (request["config"], request.get("path"))
+                self._reload_answers.append(future)
+                self._reload_requested = True
+            elif command in ("reload", "apply"):  # another document is being applied: after it
+                self._deferred.append((request, future))
             elif reloading and command != "status":
                 self._deferred.append((request, future))
             else:
@@ -177,6 +204,8 @@ class Daemon:
                     done.append((future, self._command(request)))
                 except Exception as exc:  # noqa: BLE001 - reported to the client, the daemon goes on
                     done.append((future, exc))
+                if command != "status":  # published with the snapshot that reflects it
+                    self._command_events.append(command_event(request, done[-1][1]))
         return done
 
     @staticmethod
@@ -206,17 +235,21 @@ class Daemon:
             action = request.get("action")
             if action == "start":
                 spec = {"stream_name": request["stream"], "pattern": request.get("pattern", "random")}
-                if request.get("rate_hz") is not None:
+                if isinstance(request.get("spec"), dict):  # the control plane's full SyntheticInputConfig
+                    spec = {**request["spec"], "stream_name": request["stream"]}
+                elif request.get("rate_hz") is not None:
                     spec["rate_hz"] = float(request["rate_hz"])
                 return manager.start_synthetic_input(spec)
             if action == "stop":
                 manager.stop_synthetic_input(request["stream"])
             else:
                 raise ValueError(f"synthetic action must be 'start' or 'stop', got {action!r}")
+        elif command in LIFECYCLE_COMMANDS:
+            return run_lifecycle_command(self, request)
         elif command == "debug" and self.settings.debug_commands:
             time.sleep(float(request.get("stall_s", 0)))  # wedges the main loop on purpose (tests)
         else:
-            known = "status, pause, resume, restart, stop, reload, synthetic"
+            known = "status, pause, resume, restart, stop, reload, synthetic, " + ", ".join(LIFECYCLE_COMMANDS)
             raise ValueError(f"unknown command {command!r}; known commands: {known}")
         return {"state": manager.state.value}
 
@@ -242,10 +275,18 @@ class Daemon:
 
         self._reload_requested = False
         self.notifier.reloading()
-        log.info("reload: reading %s", self.config_source)
+        load = self._load_config
+        if self._reload_loader is not None:  # a document from the control plane, validated there
+            config, path = self._reload_loader
+            if self.settings.namespace:
+                config = config.replace(namespace=self.settings.namespace)
+            load = lambda: (path, config)  # noqa: E731
+            log.info("reload: applying the document sent to the control plane%s", f" ({path})" if path else "")
+        else:
+            log.info("reload: reading %s", self.config_source)
         manager, running = self.manager, self.config
         self._reload_thread = ReloadThread(
-            lambda: reload_pipeline(self._load_config, manager, running, PipelineManager),
+            lambda: reload_pipeline(load, manager, running, PipelineManager),
             self._wake.set, self._reload_answers)
         self._reload_answers = []
         self._reload_thread.start()
@@ -255,6 +296,11 @@ class Daemon:
         snapshot that reflects the outcome is published) and whether the control socket must move."""
         thread, self._reload_thread = self._reload_thread, None
         outcome = thread.outcome
+        loaded, self._reload_loader = self._reload_loader, None
+        if outcome.ok and loaded is not None and loaded[1]:
+            self.config_source = loaded[1]  # POST /document/load: later reloads read that file
+        if outcome.ok and outcome.config is not None:
+            self.document_revision += 1
         if outcome.ok:
             if outcome.manager is not None:  # another namespace: the new pipeline runs, the old one goes
                 old, self.manager = self.manager, outcome.manager
@@ -286,6 +332,7 @@ class Daemon:
         sys.setswitchinterval(0.0005)
         try:
             try:
+                self.tokens = load_tokens(self.settings)
                 self.config_source, self.config = self._load_config()
             except ConfigFileUnreadable as exc:
                 log.error("%s", exc)
@@ -344,11 +391,19 @@ class Daemon:
             self.notifier.close()
             log.info("stopped")
 
+    @property
+    def published(self):
+        """The last published snapshot (``httpapi.Published``), or None before the first."""
+        return self._published
+
     def _start_servers(self) -> None:
         if self.settings.http_address:
+            from .control_plane import ControlPlane
             from .httpapi import HttpApi
 
-            self._http = HttpApi(self.settings.http_address, lambda: self._published).start()
+            plane = ControlPlane(self, self.tokens, self.events)
+            self._http = HttpApi(self.settings.http_address, lambda: self._published, control=plane).start()
+            self._discovery = announce_control_plane(self._http.address, self.tokens)
         if self.settings.control_socket is not None:
             self._start_control_socket()
 
@@ -380,6 +435,8 @@ class Daemon:
         self._start_control_socket()
 
     def _close_servers(self) -> None:
+        if self._discovery is not None:
+            self._discovery.close()
         if self._http is not None:
             self._http.close()
         if self._control is not None:
@@ -524,9 +581,16 @@ class Daemon:
             "last_reload_success_time": self.last_reload_success_time,
             "ready": self._ready_sent,
         }
+        snapshot["document_revision"] = self.document_revision
+        snapshot["config_path"] = self.config_source
+        snapshot["config_base_path"] = str(self.config.base_path) if self.config is not None else None
         self._keep_off_worker_cpus(snapshot)
         ready, reason = self._readiness(snapshot)
-        self._published = Published(taken_at=taken_at, snapshot=snapshot, ready=ready, ready_reason=reason)
+        previous, self._published = self._published, Published(
+            taken_at=taken_at, snapshot=snapshot, ready=ready, ready_reason=reason)
+        self.events.observe(previous.snapshot if previous else None, snapshot)  # what changed: state, health...
+        publish_command_events(self.events, self._command_events, snapshot)
+        self._command_events = []
 
     def _keep_off_worker_cpus(self, snapshot: dict) -> None:
         """The daemon's own threads (this loop, the control threads, HTTP) run on CPUs no worker is pinned
