@@ -71,7 +71,7 @@ _CONTENT_TYPES = {
 CONSOLE_HEADERS = [
     # Everything the page needs comes from this origin; previews are shown through blob: URLs.
     ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; "
-                                "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
+                                "img-src 'self' blob: data:; connect-src 'self' blob:; base-uri 'none'; "
                                 "form-action 'none'; frame-ancestors 'none'"),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
