@@ -112,6 +112,13 @@ def unit_settings(path: Path) -> dict[str, list[str]]:
     return settings
 
 
+def readme_drop_in(title: str) -> str:
+    """The ```ini block under the README section ``title`` (deploy/systemd/README.md)."""
+    text = (UNITS / "README.md").read_text()
+    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```ini\n(.*?)```", section, flags=re.DOTALL).group(1)
+
+
 def exposure(unit: Path) -> float:
     """``systemd-analyze security --offline=true`` of ``unit`` (and of the drop-ins in ``<unit>.d/`` next
     to it): the overall exposure level, 0.0 (locked down) to 10.0 (no sandbox)."""

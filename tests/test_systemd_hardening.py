@@ -31,6 +31,7 @@ from .systemd_support import (
     configure,
     exposure,
     new_namespace,
+    readme_drop_in,
     start_and_wait_active,
     systemd_analyze_verify,
     unavailable,
@@ -50,13 +51,6 @@ HARDENING = {
 EXPOSURE_BOUND = 2.5
 #: A frames-flowing STATUS line of any pipeline: every worker active, none failed, a non-zero rate.
 FLOWING = re.compile(r"^state=running workers active=(\d+)/\1 failed=0, \w+ [1-9][\d.]* Hz")
-
-
-def readme_drop_in(title: str) -> str:
-    """The ```ini block under the README section ``title`` (deploy/systemd/README.md)."""
-    text = (UNITS / "README.md").read_text()
-    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```ini\n(.*?)```", section, flags=re.DOTALL).group(1)
 
 
 # ---------------------------------------------------------------------- the unit files
