@@ -131,6 +131,36 @@ def test_the_daemon_can_read_the_token_and_nobody_else(helm, kubernetes_validate
     assert not reads(12345, {12345}, mode, group=group)
 
 
+def secret_volume_like_the_kubelet(directory, key_value: str, mode: int):
+    """A Secret volume as the kubelet's atomic writer lays it out: the file in a timestamped
+    directory, ``..data`` a link to that directory, the key's name a link through ``..data``."""
+    payload = directory / "..2026_12_01_00_00_00.000000001"
+    payload.mkdir(parents=True)
+    (payload / "token").write_text(key_value)
+    (payload / "token").chmod(mode)
+    (directory / "..data").symlink_to(payload.name)
+    (directory / "token").symlink_to("..data/token")
+    return directory / "token"
+
+
+def test_the_daemon_loads_the_mounted_secret_as_it_is(helm, tmp_path):
+    """One bare token with the trailing newline `kubectl create secret --from-file` keeps, at the
+    mode the chart asks for: the daemon's loader accepts it (admin); at Kubernetes' default mode
+    (0644) it is refused with the fix."""
+    from shmpiped.service.tokens import TokenFileError, load_token_file, scope_level
+
+    objects = render(helm, None, "control.existingSecret=ao-control")
+    volume = token_volume(objects)
+    mode = kubelet_file_mode(volume, pod_spec(objects)["securityContext"])
+    path = secret_volume_like_the_kubelet(tmp_path / "chart", "6f1c0ffee" * 4 + "\n", mode)
+    assert path.name == env(objects)["SHMPIPED_TOKEN_FILE"].rsplit("/", 1)[1]
+    table = load_token_file(str(path))
+    assert table.level_of("6f1c0ffee" * 4) == scope_level("admin") and table.level_of("6f1c0ffee") is None
+    default = secret_volume_like_the_kubelet(tmp_path / "default", "6f1c0ffee" * 4 + "\n", 0o644)
+    with pytest.raises(TokenFileError, match="chmod o-r"):
+        load_token_file(str(default))
+
+
 def test_a_token_the_daemon_could_not_read_is_refused_with_the_way_out(helm):
     stderr = refused(helm, "--set", "control.existingSecret=ao-control", "--set", "podSecurityContext.fsGroup=null")
     assert "podSecurityContext.fsGroup is not set" in stderr and "set podSecurityContext.fsGroup" in stderr, stderr
