@@ -133,6 +133,7 @@
     renderHeader(status);
     renderWorkers(status);
     renderLatency(status);
+    renderStreams(status);
     noteFailures(status.failures || []);
     const key = status.namespace + "@" + ((status.daemon || {}).last_reload_success_time || "");
     if (key !== page.graphKey) {
@@ -206,6 +207,37 @@
     body.replaceChildren(...rows);
     $("latency-budget").textContent = budget ? "latency budget " + micros(budget * 1e6) +
       " (p99 above it in red)" : "";
+  }
+
+  function renderStreams(status) {
+    const now = Date.now() / 1000;
+    const specs = new Map(((page.graph || status.graph || {}).shared_memory || []).map((s) => [s.name, s]));
+    const previous = page.streamCounts || {};
+    const counts = {};
+    const rows = [];
+    for (const [name, stream] of Object.entries(status.streams || {})) {
+      const spec = specs.get(name) || {};
+      const before = previous[name];
+      counts[name] = [stream.count, status.timestamp || now, before ? before[2] : null];
+      if (before && (status.timestamp || now) > before[1]) {
+        counts[name][2] = (stream.count - before[0]) / ((status.timestamp || now) - before[1]);
+      }
+      const age = stream.write_time ? Math.max(0, (status.timestamp || now) - stream.write_time) : null;
+      const storage = stream.storage === "gpu" ? "gpu" + (stream.cpu_mirror ? " + mirror" : "") : stream.storage;
+      const row = element("tr", { "data-stream": name, className: name === page.selected ? "selected" : "" }, [
+        element("td", { text: name }),
+        element("td", { className: "kind", text: ((spec.shape || []).join("×") || "scalar") + " " + (spec.dtype || "") }),
+        element("td", { className: "kind", text: stream.role || spec.role || "" }),
+        element("td", { className: "kind", text: (storage || "") + (stream.damaged ? " ⚠ damaged" : "") }),
+        element("td", { className: "num", text: String(stream.count) }),
+        element("td", { className: "num", text: counts[name][2] === null ? "–" : rate(counts[name][2]) }),
+        element("td", { className: "num", text: age === null ? "never" : micros(age * 1e6) + " ago" }),
+      ]);
+      row.addEventListener("click", () => selectPreview(name));
+      rows.push(row);
+    }
+    page.streamCounts = counts;
+    $("streams").tBodies[0].replaceChildren(...rows);
   }
 
   // -- graph ------------------------------------------------------------------------------------
@@ -377,6 +409,9 @@
     page.selected = name;
     $("preview-stream").value = name;
     if (page.status) colourGraph(page.status);
+    for (const row of document.querySelectorAll("#streams tbody tr")) {
+      row.classList.toggle("selected", row.getAttribute("data-stream") === name);
+    }
     schedulePreview(true);
   }
 
