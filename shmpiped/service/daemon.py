@@ -259,7 +259,7 @@ class Daemon:
         from ..demo import demo_path
         from ..validation import validate_pipeline_config
 
-        source = self.settings.pipeline or str(demo_path())
+        source = self.config_source or self.settings.pipeline or str(demo_path())  # POST /document/load moves it
         config = PipelineConfig.from_yaml(source)
         if self.settings.namespace:
             config = config.replace(namespace=self.settings.namespace)
@@ -580,6 +580,8 @@ class Daemon:
             "last_reload_successful": self.last_reload_successful,
             "last_reload_success_time": self.last_reload_success_time,
             "ready": self._ready_sent,
+            "event_clients": self.events.subscriber_count,
+            "event_clients_dropped_total": self.events.dropped_subscribers_total,
         }
         snapshot["document_revision"] = self.document_revision
         snapshot["config_path"] = self.config_source

@@ -46,6 +46,7 @@ class TokenTable:
 
     grants: tuple[tuple[bytes, int], ...] = ()
     source: str = ""
+    has_read_line: bool = False        # some line grants ``read``: read endpoints need a token
 
     @property
     def enabled(self) -> bool:
@@ -54,8 +55,8 @@ class TokenTable:
 
     @property
     def protects_reads(self) -> bool:
-        """Does some line grant exactly ``read``?  Then read endpoints need a token too."""
-        return any(level == 0 for _, level in self.grants)
+        """Does some line of the file grant ``read``?  Then read endpoints need a token too."""
+        return self.has_read_line
 
     def level_of(self, presented: str | None) -> int | None:
         """The scope level ``presented`` grants, or None when it matches no token (constant time in it)."""
@@ -78,6 +79,7 @@ class TokenTable:
 def parse_token_text(text: str, source: str) -> TokenTable:
     """The grants of a token file's ``text``; ``source`` names it in errors."""
     levels: dict[bytes, int] = {}
+    read_line = False
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -93,12 +95,13 @@ def parse_token_text(text: str, source: str) -> TokenTable:
         if scope not in SCOPES:
             raise TokenFileError(f"{source}, line {number}: unknown scope {scope!r}: use one of "
                                  f"{', '.join(SCOPES)}")
+        read_line = read_line or scope == "read"
         key = token.encode("utf-8")
         levels[key] = max(levels.get(key, -1), scope_level(scope))
     if not levels:
         raise TokenFileError(f"{source}: the token file holds no token: write one token per line "
                              f"('TOKEN' for admin, or 'SCOPE TOKEN')")
-    return TokenTable(tuple(levels.items()), source)
+    return TokenTable(tuple(levels.items()), source, read_line)
 
 
 def load_token_file(path: str) -> TokenTable:
