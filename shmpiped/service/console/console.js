@@ -117,6 +117,28 @@
     return parts.join(" · ");
   }
 
+  // Rows are updated in place when the same keys come back, so a button or row being clicked is never
+  // replaced under the pointer (a press and release on two different elements is no click).
+  function updateRows(body, rows, key) {
+    const current = [...body.rows];
+    const same = rows.length === current.length && rows.every((row, i) =>
+      row.getAttribute(key) !== null && current[i].getAttribute(key) === row.getAttribute(key));
+    if (!same) {
+      body.replaceChildren(...rows);
+      return;
+    }
+    rows.forEach((row, i) => {
+      const target = current[i];
+      target.className = row.className;
+      [...row.cells].forEach((cell, j) => {
+        const old = target.cells[j];
+        const button = old.querySelector("button");
+        if (button) button.disabled = cell.querySelector("button").disabled;
+        else if (old.outerHTML !== cell.outerHTML) target.replaceChild(cell, old);
+      });
+    });
+  }
+
   // -- status ------------------------------------------------------------------------------------
   async function refreshStatus() {
     const answer = await api("GET", "/status");
@@ -184,7 +206,7 @@
     }
     if (!rows.length) rows.push(element("tr", {}, [element("td", { className: "empty", colSpan: 10,
                                                                     text: "no workers" })]));
-    body.replaceChildren(...rows);
+    updateRows(body, rows, "data-worker");
   }
 
   function renderLatency(status) {
@@ -237,7 +259,7 @@
       rows.push(row);
     }
     page.streamCounts = counts;
-    $("streams").tBodies[0].replaceChildren(...rows);
+    updateRows($("streams").tBodies[0], rows, "data-stream");
   }
 
   // -- graph ------------------------------------------------------------------------------------
@@ -474,13 +496,28 @@
   }
 
   // -- events ---------------------------------------------------------------------------------------
-  function eventText(data) {
+  function lastLine(text) {
+    return String(text || "").trim().split("\n").pop();
+  }
+
+  function eventText(name, data) {
     if (!data || typeof data !== "object") return data === undefined ? "" : String(data);
+    if (name === "worker" && data.worker) return `${data.worker}: ${data.previous || "new"} → ${data.health}`;
+    if (name === "state" && data.state) return `pipeline ${data.previous || "?"} → ${data.state}`;
+    if (name === "restart" && data.workers) return "restarted " + data.workers.join(", ");
+    if (name === "reload") return data.ok === false ? "reload failed: " + lastLine(data.error)
+      : "reloaded (document revision " + data.document_revision + ")";
+    if (name === "command" && data.command) {
+      const what = [data.command, data.action, data.worker, data.stream].filter(Boolean).join(" ");
+      const outcome = data.ok === false ? " refused: " + lastLine(data.error || data.detail) : "";
+      return what + outcome + (data.peer ? "  (" + (data.via || "") + " " + data.peer + ")" : "");
+    }
+    if (data.kernel && data.error) return `${data.kernel}: ${lastLine(data.error)}`;
     const parts = [];
     for (const [key, value] of Object.entries(data)) {
       if (["time", "timestamp", "type", "snapshot"].includes(key) || value === null) continue;
       let text = typeof value === "object" ? JSON.stringify(value) : String(value);
-      if (key === "error" || key === "traceback") text = text.trim().split("\n").pop();
+      if (key === "error" || key === "traceback") text = lastLine(text);
       parts.push(key + "=" + text);
     }
     return parts.join("  ").slice(0, 400);
@@ -493,7 +530,7 @@
     const failure = FAILURE_EVENT.test(name) || Boolean(data && typeof data === "object" && (
       (data.type && FAILURE_EVENT.test(data.type)) || data.health === "failed" || data.state === "failed" ||
       data.ok === false));
-    const text = eventText(data);
+    const text = eventText(name, data);
     list.prepend(element("li", { className: failure ? "failure" : "", title: text }, [
       element("span", { className: "time", text: clock(when || (data && (data.time || data.timestamp))) }),
       element("span", { className: "name", text: name }),
