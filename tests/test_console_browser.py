@@ -184,3 +184,36 @@ def status_with(daemon, token: str) -> dict:
                                      headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=5) as answer:
         return json.loads(answer.read())
+
+
+def test_a_single_value_stream_is_shown_as_a_number(browser, daemons, namespace, tmp_path):
+    pipeline = tmp_path / "gain.yaml"
+    pipeline.write_text(
+        f"namespace: {namespace}\n"
+        "shared_memory:\n"
+        "  - {name: gain, shape: [1], dtype: float32}\n"
+        "  - {name: doubled, shape: [1], dtype: float32}\n"
+        "sources:\n"
+        "  - {name: knob, kind: synthetic.array, stream: gain, parameters: {pattern: ramp, rate_hz: 50}}\n"
+        "kernels:\n"
+        "  - {name: double, kind: cpu.scale, input: gain, output: doubled, parameters: {factor: 2.0}}\n")
+    daemon = daemons(pipeline, namespace, tmp_path)
+    try:
+        daemon.wait_ready(timeout=60)
+        open_console(browser, daemon)
+        choose_preview(browser, "doubled", "10")
+        value = browser.find_element("id", "preview-value")
+
+        def number_shown():
+            if value.get_attribute("data-stream") != "doubled" or not value.is_displayed():
+                return None
+            return float(value.text)
+
+        first = wait_for(number_shown, timeout=10, interval=0.1)
+        assert wait_for(lambda: number_shown() not in (None, first), timeout=10, interval=0.1)  # a ramp moves
+        assert not browser.find_element("id", "preview-image").is_displayed()
+        answer = json.loads(daemon.get("/preview/doubled.json")[1])
+        assert answer["shape"] == [1] and len(answer["values"]) == 1 and answer["count"] > 0
+        assert console_errors(browser) == []
+    finally:
+        assert daemon.stop() == 0, daemon.output

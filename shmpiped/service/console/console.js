@@ -463,11 +463,14 @@
       const shape = data.shape || [];
       const parts = [`count ${data.count}`];
       if (data.age_s !== null && data.age_s !== undefined) parts.push(`age ${micros(data.age_s * 1e6)}`);
-      if (data.min !== null && shape.length) parts.push(`range ${number(data.min)} … ${number(data.max)}`);
+      if (data.min !== null && shape.reduce((a, b) => a * b, 1) > 1) parts.push(`range ${number(data.min)} … ${number(data.max)}`);
       if (data.slice) parts.push(`slice ${data.slice}`);
       info.textContent = parts.join(" · ");
-      if (!shape.length) {
-        value.textContent = number(data.values);
+      const single = shape.reduce((a, b) => a * b, 1) === 1;  // a 0-D stream, or one value: the number
+      if (single) {
+        value.textContent = number(Array.isArray(data.values) ? data.values[0] : data.values);
+        value.setAttribute("data-stream", name);
+        value.setAttribute("data-count", String(data.count));
         value.hidden = false; image.hidden = true;
         $("preview-frame").classList.remove("plot");
         return;
