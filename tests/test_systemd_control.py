@@ -129,13 +129,16 @@ def test_the_daemon_reads_its_token_from_the_credential(machine):
     configure(machine, SHMPIPED_NAMESPACE=new_namespace())
     start_and_wait_active(machine)
     pid = machine.show(UNIT, "MainPID")["MainPID"]
-    environ = machine.exec("cat", f"/proc/{pid}/environ").stdout.split("\0")
+    # As the daemon's user: root in the unprivileged container may not read another uid's environ.
+    environ = machine.exec("runuser", "-u", "shmpiped", "--", "cat", f"/proc/{pid}/environ").stdout.split("\0")
     assert f"SHMPIPED_TOKEN_FILE={CREDENTIAL}" in environ, environ
-    # The copy: the unit user's, not readable by others (the daemon refuses that), same token.
-    owner_mode = machine.exec("stat", "-L", "-c", "%U %a", CREDENTIAL).stdout.split()
-    assert owner_mode[0] == "shmpiped" and not int(owner_mode[1], 8) & 0o077, owner_mode
+    # The copy: not readable by others (the daemon refuses that), readable by the unit's user
+    # (systemd 252: root's, 0440, and an ACL entry for that user), the same token.
+    mode = int(machine.exec("stat", "-L", "-c", "%a", CREDENTIAL).stdout, 8)
+    assert not mode & 0o007 and not mode & 0o222, oct(mode)
     assert machine.exec("runuser", "-u", "shmpiped", "--", "cat", CREDENTIAL).stdout == \
         machine.exec("cat", TOKEN_SOURCE).stdout
+    assert machine.exec("runuser", "-u", "nobody", "--", "cat", CREDENTIAL, check=False).returncode != 0
     # The source stays root's alone.
     assert machine.exec("stat", "-c", "%U %a", TOKEN_SOURCE).stdout.split() == ["root", "600"]
     # The daemon uses it: 401 without (403 would mean no token file), accepted with it.
