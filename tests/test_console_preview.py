@@ -221,6 +221,7 @@ def test_console_assets_are_served_by_exact_name_only():
     content_type, body = console_asset("/")
     assert content_type.startswith("text/html") and b"console.js" in body
     assert console_asset("/console/console.js")[0].startswith("text/javascript")
+    assert b"shmpipedGraph" in console_asset("/console/graph.js")[1]
     assert console_asset("/console/console.css")[0].startswith("text/css")
     for path in ("/console/../preview.py", "/console/", "/console/missing.js", "/other", "/console/%2e%2e"):
         assert console_asset(path) is None

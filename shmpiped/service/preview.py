@@ -135,7 +135,8 @@ class StreamNotViewable(PreviewError):
 
 # -- PNG ------------------------------------------------------------------------------------
 def encode_gray_png(pixels: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG of a 2-D uint8 array (filter 0 on every row, zlib level 3: noisy frames hardly compress, speed matters more)."""
+    """An 8-bit grayscale PNG of a 2-D uint8 array (filter 0 on every row; zlib level 3: noisy frames
+    hardly compress, so speed matters more than size)."""
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     if pixels.ndim != 2 or 0 in pixels.shape:
         raise ValueError(f"a PNG needs a non-empty 2-D array, got shape {pixels.shape}")
