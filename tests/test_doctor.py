@@ -203,7 +203,7 @@ def test_an_invalid_pipeline_exits_78(tmp_path):
     status, text = doctor(str(path))
     assert status == 78 and "policy must be one of other, fifo, rr" in text
     status, text = doctor(str(tmp_path / "missing.yaml"))
-    assert status == 78 and "missing.yaml" in text
+    assert status == 66 and "missing.yaml" in text  # EX_NOINPUT, as every command
 
 
 def test_gpu_pipeline(tmp_path, emulated_gpu, monkeypatch):

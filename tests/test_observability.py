@@ -118,7 +118,8 @@ def test_hung_worker_shows_a_growing_metric_age(namespace, manager_factory):
 STATUS_KEYS = {"state", "namespace", "workers", "sources", "sinks", "failures", "metrics",
                "synthetic_sources", "streams", "end_to_end", "histogram_bounds_s", "placement_policy",
                "summary"}
-WORKER_KEYS = {"pid", "alive", "exitcode", "cpu_slot", "health", "idle_s", "last_metric_age_s", "restarts",
+WORKER_KEYS = {"pid", "kind", "alive", "exitcode", "cpu_slot", "gpu_uuid", "health", "idle_s", "last_metric_age_s",
+               "last_frame_time", "heartbeat_time", "restarts",
                "frames_processed", "last_exec_us", "last_exec_ms", "avg_exec_us", "avg_exec_ms",
                "jitter_us_rms", "p50_exec_us", "p99_exec_us", "throughput_hz", "metrics_window", "runtime_s",
                "last_output_count", "overruns", "input_copy", "waits", "timeouts", "frame_sync_skew_events",

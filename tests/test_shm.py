@@ -117,6 +117,7 @@ def test_cross_process_handoff_with_each_wait_strategy(stream, namespace, strate
     reader = spawn_python(
         "import sys; from shmpiped.shm import Stream\n"
         "s = Stream.attach('frames', sys.argv[1]); s.set_wait_strategy(sys.argv[2])\n"
+        "print('ready', flush=True)\n"
         "got = []\n"
         "last = 0\n"
         "while len(got) < 5:\n"
@@ -125,7 +126,8 @@ def test_cross_process_handoff_with_each_wait_strategy(stream, namespace, strate
         "print(got); s.close()\n",
         namespace, strategy,
     )
-    time.sleep(0.5)
+    assert reader.stdout.readline().strip() == "ready"  # attached (its imports can take a second on a busy machine)
+    time.sleep(0.2)  # and parked in its wait
     for i in range(5):
         stream.write(np.full((2, 3), i + 1))
         time.sleep(0.05)

@@ -383,6 +383,8 @@ def test_a_pyshmem_camera_feeds_the_pipeline_through_a_source_process(namespace,
         config["sources"][0]["process"] = True
         manager = manager_factory(config).build().start()
         output = manager.get_stream("output")
+        # It forwards the writes made once it has attached (its process may take seconds to start on a busy machine).
+        wait_for(lambda: manager.status()["sources"]["camera"]["plugin_metrics"].get("attached"), timeout=30)
         driver.tell("go")
         arrived = collect(output, 20)
         assert driver.reply() == "sent 20"
