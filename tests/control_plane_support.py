@@ -93,6 +93,7 @@ class EventReader:
         raise AssertionError(f"no matching event within {timeout} s; saw {[e['event'] for e in seen]}")
 
     def close(self):
+        self.response.close()  # the response holds the socket: closing the connection alone keeps it open
         self.connection.close()
 
 

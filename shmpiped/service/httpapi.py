@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ log = logging.getLogger("shmpiped.http")
 
 REQUEST_TIMEOUT_S = 5.0
 MAX_BODY_BYTES = 1 << 20  # a JSON body (a pipeline document) of at most 1 MiB
+SSE_SEND_BUFFER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,6 @@ class _Server(ThreadingHTTPServer):
         self.control = control  # the ControlPlane, or None: the read-only endpoints alone
         self._previews = None
         self._previews_lock = threading.Lock()
-        import socket
-
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.get_published = get_published
         self.liveness_s = liveness_s
@@ -272,6 +272,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream_events(self, chunks) -> None:
         """Write an SSE stream until the client goes, the hub drops it or the server closes."""
         self.close_connection = True
+        try:  # a small send buffer: a client that stops reading is noticed (and dropped) within ~64 KiB
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SSE_SEND_BUFFER_BYTES)
+        except OSError:
+            pass
         try:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
