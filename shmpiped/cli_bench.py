@@ -135,6 +135,29 @@ def bench_flood(seconds: float, clients: int, rate: float, client_nice: int, as_
                f"flood {report['loop_p99_us_flood']:.1f} us")
 
 
+@bench.command("console")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="Length of each phase.")
+@click.option("--sse-clients", type=click.IntRange(0, 16), default=10, show_default=True,
+              help="Open /events streams (the daemon serves 16 at most).")
+@click.option("--preview-hz", type=float, default=0.0, show_default=True,
+              help="PNG previews of every 1-D and 2-D stream fetched this often (0: none).")
+@click.option("--preview-width", type=int, default=256, show_default=True)
+@click.option("--status-hz", type=float, default=0.0, show_default=True, help="/status polls a second (0: none).")
+@click.option("--client-nice", type=int, default=0, show_default=True,
+              help="Niceness of the load generator (19 mimics a browser on another machine).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_console(seconds, sse_clients, preview_hz, preview_width, status_hz, client_nice, as_json) -> None:
+    """The demo's end-to-end and loop p99, quiet and watched (SSE clients, previews, /status polls)."""
+    from .bench_console import console_load, format_console_report
+
+    report = console_load(seconds, sse_clients, preview_hz, preview_width, status_hz, client_nice)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for line in format_console_report(report):
+        click.echo(line)
+
+
 @bench.command("pyshmem")
 @click.option("--frames", type=int, default=2000, show_default=True)
 @click.option("--rate", type=float, default=1000.0, show_default=True, help="The driver's rate in Hz.")
