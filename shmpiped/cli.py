@@ -443,12 +443,12 @@ from .cli_bench import bench, bench_pipeline  # noqa: E402  (the group lives in 
 
 main.add_command(bench)
 main.add_command(bench_pipeline, "benchmark")
-from .cli_serve import serve  # noqa: E402  (`shmpiped serve`: shmpipeline's command, in shmpiped/cli_serve.py)
-
-main.add_command(serve)
 from .cli_console import console_screenshot  # noqa: E402  (the web console's screenshot command)
 
 main.add_command(console_screenshot)
+from .cli_serve import serve  # noqa: E402  (`shmpiped serve`: shmpipeline's command, in shmpiped/cli_serve.py)
+
+main.add_command(serve)
 
 
 def _show_envvars(command: click.Command) -> None:
