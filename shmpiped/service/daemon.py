@@ -37,12 +37,11 @@ from ..errors import (
     WorkerProcessError,
 )
 from .daemon_control import (
-    LIFECYCLE_COMMANDS,
     announce_control_plane,
+    carry_out,
     command_event,
     load_tokens,
     publish_command_events,
-    run_lifecycle_command,
 )
 from .notify import SystemdNotifier
 from .supervisor import RestartPolicy, Supervisor
@@ -109,6 +108,41 @@ class _LoopTimer:
 
     def as_dict(self) -> dict:
         return {"counts": list(self.counts), "sum_s": self.sum_s, "bounds_s": list(LOOP_BOUNDS_S)}
+
+
+def answer_clients(done: list) -> None:
+    """Answer the control clients of commands run in the loop: (future, result or exception) each."""
+    for future, result in done:
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def all_workers_up(snapshot: dict) -> bool:
+    """Every worker waits for input or runs (systemd's READY=1)."""
+    return snapshot["state"] == "running" and all(
+        w["health"] in ("waiting-input", "active", "idle") for w in snapshot["workers"].values())
+
+
+def readiness(snapshot: dict) -> tuple[bool, str]:
+    """/readyz: (ready, why not)."""
+    if snapshot["state"] != "running":
+        return False, f"pipeline is {snapshot['state']}"
+    down = [n for n, w in snapshot["workers"].items() if w["health"] in ("failed", "stopped", "starting")]
+    if down:
+        return False, "workers not running: " + ", ".join(down)
+    return True, "ready"
+
+
+def status_line(snapshot: dict) -> str:
+    """One line: state, workers active/total, and the output rate: the throughput of the last worker
+    (the pipeline's last stage), named."""
+    summary = snapshot["summary"]
+    last = list(snapshot["workers"].items())[-1:]
+    rate = "".join(f", output {worker.get('throughput_hz', 0.0):.1f} Hz at {name}" for name, worker in last)
+    return (f"state={snapshot['state']} workers active={summary['active_workers']}/"
+            f"{summary['workers_total']} failed={summary['failed_workers']}{rate}")
 
 
 class Daemon:
@@ -201,57 +235,12 @@ class Daemon:
                 self._deferred.append((request, future))
             else:
                 try:
-                    done.append((future, self._command(request)))
+                    done.append((future, carry_out(self, request)))
                 except Exception as exc:  # noqa: BLE001 - reported to the client, the daemon goes on
                     done.append((future, exc))
                 if command != "status":  # published with the snapshot that reflects it
                     self._command_events.append(command_event(request, done[-1][1]))
         return done
-
-    @staticmethod
-    def _answer(done: list) -> None:
-        for future, result in done:
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-    def _command(self, request: dict):
-        command = request.get("command")  # the control server has logged who asked for what
-        manager = self.manager
-        if command == "status":
-            return self._published.snapshot if self._published else manager.runtime_snapshot()
-        if command == "pause":
-            manager.pause()
-        elif command == "resume":
-            manager.resume()
-        elif command == "restart":
-            worker = request.get("worker")
-            self._reset_supervision()  # an explicit restart gives the workers their budget back
-            return {"restarted": manager.restart(workers=[worker] if worker else None, wait=False)}
-        elif command == "stop":
-            self.request_stop("control command")
-        elif command == "synthetic":
-            action = request.get("action")
-            if action == "start":
-                spec = {"stream_name": request["stream"], "pattern": request.get("pattern", "random")}
-                if isinstance(request.get("spec"), dict):  # the control plane's full SyntheticInputConfig
-                    spec = {**request["spec"], "stream_name": request["stream"]}
-                elif request.get("rate_hz") is not None:
-                    spec["rate_hz"] = float(request["rate_hz"])
-                return manager.start_synthetic_input(spec)
-            if action == "stop":
-                manager.stop_synthetic_input(request["stream"])
-            else:
-                raise ValueError(f"synthetic action must be 'start' or 'stop', got {action!r}")
-        elif command in LIFECYCLE_COMMANDS:
-            return run_lifecycle_command(self, request)
-        elif command == "debug" and self.settings.debug_commands:
-            time.sleep(float(request.get("stall_s", 0)))  # wedges the main loop on purpose (tests)
-        else:
-            known = "status, pause, resume, restart, stop, reload, synthetic, " + ", ".join(LIFECYCLE_COMMANDS)
-            raise ValueError(f"unknown command {command!r}; known commands: {known}")
-        return {"state": manager.state.value}
 
     # ------------------------------------------------------------------ configuration
     def _load_config(self):
@@ -311,7 +300,7 @@ class Daemon:
             self.reload_error = None
             self.last_reload_successful = True
             self.last_reload_success_time = time.time()
-            self._reset_supervision()  # a reload gives the workers their budget back
+            self.reset_supervision()  # a reload gives the workers their budget back
             log.info("reload: %s", outcome.message)
             answer = {"reloaded": outcome.config is not None, "changed": outcome.changed, "detail": outcome.message}
         else:
@@ -473,12 +462,12 @@ class Daemon:
                 snapshot = self._supervise(began)
                 if self.supervisor.exhausted and self._note_exhausted(began):
                     self._publish(snapshot, began)
-                    self._answer(answers)
+                    answer_clients(answers)
                     status = EXIT_PIPELINE_FAILED
                     break
             if snapshot:
                 self._publish(snapshot, began)
-            self._answer(answers)
+            answer_clients(answers)
             if move_socket:  # after the answers: closing the old socket waits for its connections
                 self._restart_control_socket()
             now = time.monotonic()
@@ -486,7 +475,7 @@ class Daemon:
                 self.notifier.watchdog()
                 next_watchdog = now + self.notifier.watchdog_interval_s
             if now >= next_status and snapshot:
-                line = self.status_line(snapshot)
+                line = status_line(snapshot)
                 if self.reload_error:
                     line += f"; last reload failed: {self.reload_error}"
                 self.notifier.status(line)
@@ -497,7 +486,7 @@ class Daemon:
             self._wake.clear()
         return status
 
-    def _reset_supervision(self) -> None:
+    def reset_supervision(self) -> None:
         self.supervisor.reset()
         self._exhausted_logged_at = None
 
@@ -538,27 +527,14 @@ class Daemon:
             snapshot = manager.runtime_snapshot()
             self._failures_seen = len(snapshot["failures"])
         if not self._ready_sent:
-            if self._all_workers_up(snapshot):
-                self.notifier.ready(self.status_line(snapshot))
+            if all_workers_up(snapshot):
+                self.notifier.ready(status_line(snapshot))
                 self._ready_sent = True
                 log.info("ready: every worker is waiting for input or active")
             elif now >= self._next_extend:  # a slow start (GPU initialisation): ask systemd for more time
                 self.notifier.extend_timeout(START_EXTEND_S)
                 self._next_extend = now + START_EXTEND_S / 3
         return snapshot
-
-    @staticmethod
-    def _all_workers_up(snapshot: dict) -> bool:
-        return snapshot["state"] == "running" and all(
-            w["health"] in ("waiting-input", "active", "idle") for w in snapshot["workers"].values())
-
-    def _readiness(self, snapshot: dict) -> tuple[bool, str]:
-        if snapshot["state"] != "running":
-            return False, f"pipeline is {snapshot['state']}"
-        down = [n for n, w in snapshot["workers"].items() if w["health"] in ("failed", "stopped", "starting")]
-        if down:
-            return False, "workers not running: " + ", ".join(down)
-        return True, "ready"
 
     def _publish(self, snapshot: dict, taken_at: float) -> None:
         from .httpapi import Published
@@ -587,7 +563,7 @@ class Daemon:
         snapshot["config_path"] = self.config_source
         snapshot["config_base_path"] = str(self.config.base_path) if self.config is not None else None
         self._keep_off_worker_cpus(snapshot)
-        ready, reason = self._readiness(snapshot)
+        ready, reason = readiness(snapshot)
         previous, self._published = self._published, Published(
             taken_at=taken_at, snapshot=snapshot, ready=ready, ready_reason=reason)
         self.events.observe(previous.snapshot if previous else None, snapshot)  # what changed: state, health...
@@ -612,13 +588,3 @@ class Daemon:
                 realtime.confine_service_thread(busy, tid=thread.native_id)
         if self._http is not None:
             self._http.keep_off_cpus(busy)
-
-    @staticmethod
-    def status_line(snapshot: dict) -> str:
-        """One line: state, workers active/total, and the output rate: the throughput of the last worker
-        (the pipeline's last stage), named."""
-        summary = snapshot["summary"]
-        last = list(snapshot["workers"].items())[-1:]
-        rate = "".join(f", output {worker.get('throughput_hz', 0.0):.1f} Hz at {name}" for name, worker in last)
-        return (f"state={snapshot['state']} workers active={summary['active_workers']}/"
-                f"{summary['workers_total']} failed={summary['failed_workers']}{rate}")

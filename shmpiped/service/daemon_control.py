@@ -1,4 +1,4 @@
-"""The daemon's side of the HTTP control plane: tokens at start, lifecycle commands, events, discovery.
+"""The daemon's side of control: the commands its loop carries out, tokens at start, events, discovery.
 
 Kept out of ``daemon.py`` so that the loop's module stays about the loop.
 Everything here runs in the daemon's main loop (the commands, the events) or
@@ -20,6 +20,7 @@ Lifecycle commands (shmpipeline's verbs, queued like every control command):
 from __future__ import annotations
 
 import logging
+import time
 
 from ..errors import StateTransitionError
 
@@ -64,6 +65,45 @@ def run_lifecycle_command(daemon, request: dict) -> dict:
         manager.start(wait=False)
     elif command == "stop-workers":
         manager.stop(timeout=float(request.get("timeout", 5.0)), force=bool(request.get("force", False)))
+    return {"state": manager.state.value}
+
+
+def carry_out(daemon, request: dict):
+    """Carry out one control command in the daemon's main loop; returns its answer (raises to refuse)."""
+    command = request.get("command")  # the control server has logged who asked for what
+    manager = daemon.manager
+    if command == "status":
+        return daemon.published.snapshot if daemon.published else manager.runtime_snapshot()
+    if command == "pause":
+        manager.pause()
+    elif command == "resume":
+        manager.resume()
+    elif command == "restart":
+        worker = request.get("worker")
+        daemon.reset_supervision()  # an explicit restart gives the workers their budget back
+        return {"restarted": manager.restart(workers=[worker] if worker else None, wait=False)}
+    elif command == "stop":
+        daemon.request_stop("control command")
+    elif command == "synthetic":
+        action = request.get("action")
+        if action == "start":
+            spec = {"stream_name": request["stream"], "pattern": request.get("pattern", "random")}
+            if isinstance(request.get("spec"), dict):  # the control plane's full SyntheticInputConfig
+                spec = {**request["spec"], "stream_name": request["stream"]}
+            elif request.get("rate_hz") is not None:
+                spec["rate_hz"] = float(request["rate_hz"])
+            return manager.start_synthetic_input(spec)
+        if action == "stop":
+            manager.stop_synthetic_input(request["stream"])
+        else:
+            raise ValueError(f"synthetic action must be 'start' or 'stop', got {action!r}")
+    elif command in LIFECYCLE_COMMANDS:
+        return run_lifecycle_command(daemon, request)
+    elif command == "debug" and daemon.settings.debug_commands:
+        time.sleep(float(request.get("stall_s", 0)))  # wedges the main loop on purpose (tests)
+    else:
+        known = "status, pause, resume, restart, stop, reload, synthetic, " + ", ".join(LIFECYCLE_COMMANDS)
+        raise ValueError(f"unknown command {command!r}; known commands: {known}")
     return {"state": manager.state.value}
 
 
