@@ -2,12 +2,14 @@
 
 The embedded demo (``shmpiped/demo/ao_loop.yaml``, in its own namespace) runs
 under ``shmpiped run``; its end-to-end p99 (camera frame to DM command) and the
-supervisor loop's p99 are sampled from ``/status`` once a second, first with
+supervisor loop's mean iteration time are sampled from ``/status``, first with
 nobody watching, then while a load process (off the workers' CPUs, as a
 browser on another machine would be) holds ``sse_clients`` open ``/events``
-streams, fetches each stream's PNG preview ``preview_hz`` times a second, and
-polls ``/status`` ``status_hz`` times a second -- what open consoles do.  The
-figures are medians of the per-second p99s of each phase.
+streams, fetches the PNG preview of ``preview_streams`` streams ``preview_hz``
+times a second, and polls ``/status`` ``status_hz`` times a second -- what open
+consoles do (the defaults: one console, its 2 Hz preview and 1 Hz status, with
+ten event clients).  The figures are medians of the per-second p99s of each
+phase.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def listen():
         line = r.readline()
         if not line: break
         add("sse_bytes", len(line))
-        if line.startswith(b"id: "): add("events")
+        if line.startswith(b"event: "): add("events")
     c.close()
 def poll(path, hz, key):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -65,9 +67,9 @@ print(json.dumps(counts))
 """
 
 
-def console_load(seconds: float = 10.0, sse_clients: int = 10, preview_hz: float = 0.0, preview_width: int = 256,
-                 status_hz: float = 0.0, client_nice: int = 0) -> dict:
-    """End-to-end and loop p99 of the demo, quiet and while it is watched (see the module docstring)."""
+def console_load(seconds: float = 10.0, sse_clients: int = 10, preview_hz: float = 2.0, preview_width: int = 256,
+                 status_hz: float = 1.0, client_nice: int = 0, preview_streams: int = 1) -> dict:
+    """End-to-end p99 and loop time of the demo, quiet and while it is watched (see the module docstring)."""
     import socket
     import urllib.request
 
@@ -85,8 +87,10 @@ def console_load(seconds: float = 10.0, sse_clients: int = 10, preview_hz: float
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as response:
             return json.loads(response.read())
 
-    def sample(duration: float) -> tuple[list[float], list[float]]:
-        e2e, loop = [], []
+    def sample(duration: float) -> tuple[list[float], float | None]:
+        """The per-second end-to-end p99s of one phase, and the loop's mean iteration time over it (us)."""
+        e2e = []
+        first = status()["daemon"]
         deadline = time.monotonic() + duration
         while time.monotonic() < deadline:
             time.sleep(1.0)
@@ -94,8 +98,10 @@ def console_load(seconds: float = 10.0, sse_clients: int = 10, preview_hz: float
             p99s = [entry["p99_us"] for entry in snapshot["end_to_end"].values() if entry.get("p99_us") is not None]
             if p99s:
                 e2e.append(max(p99s))
-            loop.append(snapshot["daemon"]["loop_p99_s"] * 1e6)
-        return e2e, loop
+        last = snapshot["daemon"]
+        iterations = last["loop_iterations_total"] - first["loop_iterations_total"]
+        spent = last["loop_duration_seconds"]["sum_s"] - first["loop_duration_seconds"]["sum_s"]
+        return e2e, round(spent / iterations * 1e6, 1) if iterations else None
 
     try:
         deadline = time.monotonic() + 60
@@ -111,7 +117,8 @@ def console_load(seconds: float = 10.0, sse_clients: int = 10, preview_hz: float
                 raise RuntimeError("the benchmark daemon (the embedded demo) did not start")
             time.sleep(0.2)
         worker_cpus = {w["cpu_slot"] for w in snapshot["workers"].values() if w.get("cpu_slot") is not None}
-        streams = [entry["name"] for entry in snapshot["graph"]["shared_memory"] if len(entry["shape"]) in (1, 2)]
+        streams = [entry["name"] for entry in snapshot["graph"]["shared_memory"]
+                   if len(entry["shape"]) in (1, 2)][:preview_streams if preview_hz > 0 else 0]
         quiet_e2e, quiet_loop = sample(seconds)
         load = subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, str(port), str(sse_clients), str(preview_hz),
                                  str(preview_width), str(status_hz), str(seconds + 1.0), json.dumps(streams)],
@@ -127,12 +134,12 @@ def console_load(seconds: float = 10.0, sse_clients: int = 10, preview_hz: float
     median = lambda values: round(float(np.median(values)), 1) if values else None  # noqa: E731
     return {
         "benchmark": "console", "seconds": seconds, "sse_clients": sse_clients, "preview_hz": preview_hz,
-        "preview_streams": len(streams) if preview_hz > 0 else 0, "preview_width": preview_width,
+        "preview_streams": streams, "preview_width": preview_width,
         "status_hz": status_hz, "client_nice": client_nice,
         "e2e_p99_us_quiet": median(quiet_e2e), "e2e_p99_us_watched": median(loaded_e2e),
-        "loop_p99_us_quiet": median(quiet_loop), "loop_p99_us_watched": median(loaded_loop),
+        "loop_mean_us_quiet": quiet_loop, "loop_mean_us_watched": loaded_loop,
         "events_per_client": round(counts["events"] / max(1, sse_clients), 1),
-        "sse_bytes": counts["sse_bytes"], "sse_refused": counts["sse_refused"],
+        "sse_bytes_per_client": counts["sse_bytes"] // max(1, sse_clients), "sse_refused": counts["sse_refused"],
         "previews_served": counts["previews"], "preview_errors": counts["preview_errors"],
         "status_polls": counts["status"], "event_clients_dropped": final.get("event_clients_dropped_total"),
     }
@@ -140,8 +147,8 @@ def console_load(seconds: float = 10.0, sse_clients: int = 10, preview_hz: float
 
 def format_console_report(report: dict) -> list[str]:
     watched = [f"{report['sse_clients']} SSE clients"]
-    if report["preview_hz"]:
-        watched.append(f"{report['preview_streams']} stream previews at {report['preview_hz']:g} Hz "
+    if report["preview_streams"]:
+        watched.append(f"previews of {', '.join(report['preview_streams'])} at {report['preview_hz']:g} Hz "
                        f"({report['preview_width']} px)")
     if report["status_hz"]:
         watched.append(f"/status at {report['status_hz']:g} Hz")
@@ -149,8 +156,9 @@ def format_console_report(report: dict) -> list[str]:
         f"demo pipeline watched by {', '.join(watched)} (load at nice {report['client_nice']}), "
         f"{report['seconds']:g} s per phase",
         f"  end-to-end p99:       quiet {report['e2e_p99_us_quiet']} us, watched {report['e2e_p99_us_watched']} us",
-        f"  supervisor loop p99:  quiet {report['loop_p99_us_quiet']} us, watched {report['loop_p99_us_watched']} us",
-        f"  served: {report['events_per_client']} events/client, {report['previews_served']} previews "
+        f"  supervisor loop mean: quiet {report['loop_mean_us_quiet']} us, watched {report['loop_mean_us_watched']} us",
+        f"  served: {report['events_per_client']} events and {report['sse_bytes_per_client']} bytes per SSE "
+        f"client (state changes, the initial snapshot, keep-alives), {report['previews_served']} previews "
         f"({report['preview_errors']} errors), {report['status_polls']} status polls; "
         f"SSE refused {report['sse_refused']}, dropped {report['event_clients_dropped']}",
     ]

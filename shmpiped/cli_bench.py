@@ -8,6 +8,7 @@ chooses the exit status. ``shmpiped.cli`` adds the group to the ``shmpiped`` com
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import click
@@ -30,6 +31,15 @@ class _BenchGroup(click.Group):
 @click.group(cls=_BenchGroup)
 def bench() -> None:
     """Benchmarks: `bench FILE` measures a pipeline; `hop` and `copy` the transport."""
+    quiet_lifecycle_logs()
+
+
+def quiet_lifecycle_logs() -> None:
+    """A benchmark's output is its figures: the pipelines it builds, starts and stops log their
+    lifecycle at WARNING, unless ``--log-level`` (or ``SHMPIPED_LOG_LEVEL``) asks for more."""
+    root = click.get_current_context().find_root()
+    if root.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT:
+        logging.getLogger("shmpiped").setLevel(logging.WARNING)
 
 
 def _print_results(results, as_json: bool) -> None:
@@ -139,18 +149,23 @@ def bench_flood(seconds: float, clients: int, rate: float, client_nice: int, as_
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="Length of each phase.")
 @click.option("--sse-clients", type=click.IntRange(0, 16), default=10, show_default=True,
               help="Open /events streams (the daemon serves 16 at most).")
-@click.option("--preview-hz", type=float, default=0.0, show_default=True,
-              help="PNG previews of every 1-D and 2-D stream fetched this often (0: none).")
+@click.option("--preview-hz", type=float, default=2.0, show_default=True,
+              help="PNG previews fetched this often (0: none; the console's default is 2 Hz).")
+@click.option("--preview-streams", type=click.IntRange(0), default=1, show_default=True,
+              help="How many 1-D and 2-D streams are previewed (one per open console).")
 @click.option("--preview-width", type=int, default=256, show_default=True)
-@click.option("--status-hz", type=float, default=0.0, show_default=True, help="/status polls a second (0: none).")
+@click.option("--status-hz", type=float, default=1.0, show_default=True,
+              help="/status polls a second (0: none; an open console polls at 1 Hz).")
 @click.option("--client-nice", type=int, default=0, show_default=True,
               help="Niceness of the load generator (19 mimics a browser on another machine).")
 @click.option("--json", "as_json", is_flag=True)
-def bench_console(seconds, sse_clients, preview_hz, preview_width, status_hz, client_nice, as_json) -> None:
-    """The demo's end-to-end and loop p99, quiet and watched (SSE clients, previews, /status polls)."""
+def bench_console(seconds, sse_clients, preview_hz, preview_streams, preview_width, status_hz, client_nice,
+                  as_json) -> None:
+    """The demo's end-to-end p99 and loop time, quiet and watched by an open console (its /status polls and
+    preview) and SSE clients."""
     from .bench_console import console_load, format_console_report
 
-    report = console_load(seconds, sse_clients, preview_hz, preview_width, status_hz, client_nice)
+    report = console_load(seconds, sse_clients, preview_hz, preview_width, status_hz, client_nice, preview_streams)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -193,6 +208,7 @@ def bench_pipeline(file: str, duration: float, warmup: float, source: str | None
     from .bench import pipeline
     from .config import PipelineConfig
 
+    quiet_lifecycle_logs()  # also as `shmpiped benchmark`, outside the group
     try:
         PipelineConfig.from_yaml(file)
         report = pipeline(file, duration, source, output_stream, warmup)

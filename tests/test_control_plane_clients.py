@@ -8,7 +8,9 @@ shmpipeline 1.3.0 wheel of .ci/install-shmpipeline-wheels.sh) needs httpx, in th
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
+import subprocess
 import sys
 import threading
 import zipfile
@@ -226,3 +228,17 @@ def test_event_clients_are_bounded_and_a_stalled_one_is_dropped_while_the_loop_g
     keeping_up.close()
     reading.join(timeout=15)
     assert drained > 0 and len(received) > commands
+
+
+def test_bench_console_watches_the_demo_as_an_open_console_does():
+    """`shmpiped bench console`: its watched phase really served what it claims (events and bytes to
+    every SSE client, previews, /status polls), and both phases have figures."""
+    result = subprocess.run([sys.executable, "-m", "shmpiped.cli", "bench", "console", "--seconds", "2",
+                             "--sse-clients", "3", "--json"], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["events_per_client"] >= 1 and report["sse_bytes_per_client"] > 0  # the initial snapshot, at least
+    assert len(report["preview_streams"]) == 1 and report["previews_served"] >= 2 and report["preview_errors"] == 0
+    assert report["status_polls"] >= 1 and report["sse_refused"] == 0
+    for key in ("e2e_p99_us_quiet", "e2e_p99_us_watched", "loop_mean_us_quiet", "loop_mean_us_watched"):
+        assert report[key] is not None and report[key] > 0, key

@@ -276,6 +276,11 @@ def test_bench_command_prints_a_report(tmp_path, namespace):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["frames"] > 100 and report["end_to_end"]["output"]["p99_us"] > 0
+    assert "state transition" not in result.stderr  # the figures are the output: lifecycle logs only when asked
+    verbose = subprocess.run(
+        [sys.executable, "-m", "shmpiped.cli", "--log-level", "info", "benchmark", str(path), "--duration", "0.5",
+         "--source", "input:random:500", "--json"], capture_output=True, text=True, timeout=60)
+    assert verbose.returncode == 0 and "state transition: built -> running" in verbose.stderr, verbose.stderr
     bad = subprocess.run([sys.executable, "-m", "shmpiped.cli", "bench", str(path), "--source", "input"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "STREAM:PATTERN[:RATE_HZ]" in bad.stderr
