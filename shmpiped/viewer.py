@@ -637,8 +637,6 @@ def _view_loop(stream: Stream, display, interval: float, frames: int | None, dur
                err) -> None:
     interval = max(0.0005, float(interval))
     deadline = None if duration is None else time.monotonic() + float(duration)
-    path = stream.segment.path
-    identity = _file_identity(path)
     next_identity_check = time.monotonic() + 1.0
     stats = StreamStats()
     shown_count = -1
@@ -662,7 +660,7 @@ def _view_loop(stream: Stream, display, interval: float, frames: int | None, dur
             return
         if now >= next_identity_check:
             next_identity_check = now + 1.0
-            if _file_identity(path) != identity:
+            if not stream.segment.still_named():
                 err.write(f"shmpiped view: stream {stream.name!r} in namespace {stream.namespace!r}"
                           " was removed\n")
                 err.flush()
@@ -670,14 +668,6 @@ def _view_loop(stream: Stream, display, interval: float, frames: int | None, dur
         wait = interval if deadline is None else max(0.0, min(interval, deadline - now))
         if not display.wait(wait):
             return
-
-
-def _file_identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 # -- the viewer's own process ------------------------------------------------------------

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from .daemon_support import free_port
+from .daemon_support import DaemonProcess, free_port
 
 TOKENS = {"read": "r-token-1", "control": "c-token-2", "admin": "a-token-3"}
 
@@ -97,8 +97,8 @@ class EventReader:
         self.connection.close()
 
 
-class ServeProcess:
-    """`shmpiped serve FILE --port P ...` in a subprocess."""
+class ServeProcess(DaemonProcess):
+    """`shmpiped serve FILE --port P ...` in a subprocess (stopped as DaemonProcess is)."""
 
     def __init__(self, pipeline, tmp_path, *args, env=None):
         self.port = free_port()
@@ -108,10 +108,6 @@ class ServeProcess:
                    "--control-socket", "none", *args]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                         env={**os.environ, **(env or {})})
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text()
 
     def wait_running(self, timeout=30):
         from .conftest import wait_for
@@ -124,16 +120,3 @@ class ServeProcess:
                 return False
 
         wait_for(running, timeout=timeout, interval=0.1)
-
-    def stop(self, timeout=20) -> int:
-        import signal
-
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self.log.close()

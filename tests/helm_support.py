@@ -77,6 +77,21 @@ def render(helm: str, values: Path | None = None, *sets: str, set_json: tuple[st
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def valid(kubernetes_validate, objects: list[dict]) -> list[dict]:
+    """``objects``, each checked strictly against Kubernetes' schemas (prometheus-operator's kinds aside)."""
+    for obj in objects:
+        if not obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    return objects
+
+
+def refused(helm: str, *args: str) -> str:
+    """helm template's error for values it must refuse."""
+    result = run_helm(helm, "template", RELEASE, str(CHART), *args)
+    assert result.returncode != 0, f"helm template accepted {args}"
+    return result.stderr
+
+
 def only(objects: list[dict], kind: str) -> dict:
     found = [obj for obj in objects if obj["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"

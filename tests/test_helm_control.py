@@ -18,9 +18,6 @@ import yaml
 
 from . import helm_support
 from .helm_support import (
-    CHART,
-    KUBE_VERSION,
-    RELEASE,
     ci_values,
     container,
     env,
@@ -28,9 +25,10 @@ from .helm_support import (
     of_kind,
     only,
     pod_spec,
+    refused,
     render,
-    run_helm,
     selects,
+    valid,
     workload,
 )
 
@@ -40,19 +38,6 @@ TOKEN_FILE = f"{TOKEN_DIR}/token"
 
 # The session fixtures of tests/helm_support.py.
 helm, kubernetes_validate = helm_support.helm, helm_support.kubernetes_validate
-
-
-def valid(kubernetes_validate, objects: list[dict]) -> list[dict]:
-    for obj in objects:
-        if not obj["apiVersion"].startswith("monitoring.coreos.com/"):
-            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-    return objects
-
-
-def refused(helm: str, *args: str) -> str:
-    result = run_helm(helm, "template", RELEASE, str(CHART), *args)
-    assert result.returncode != 0, f"helm template accepted {args}"
-    return result.stderr
 
 
 def token_volume(objects: list[dict]) -> dict | None:

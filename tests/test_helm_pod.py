@@ -20,7 +20,6 @@ from . import helm_support
 from .daemon_support import free_port, write_pipeline
 from .helm_support import (
     CHART,
-    KUBE_VERSION,
     NAMESPACE,
     RELEASE,
     ci_values,
@@ -30,9 +29,11 @@ from .helm_support import (
     of_kind,
     only,
     pod_spec,
+    refused,
     render,
     run_helm,
     selects,
+    valid,
     workload,
 )
 
@@ -43,19 +44,6 @@ CHART_VOLUMES = {"dev-shm", "run", "tmp"}
 
 # The session fixtures of tests/helm_support.py.
 helm, kubernetes_validate = helm_support.helm, helm_support.kubernetes_validate
-
-
-def valid(kubernetes_validate, objects: list[dict]) -> list[dict]:
-    for obj in objects:
-        if not obj["apiVersion"].startswith("monitoring.coreos.com/"):
-            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-    return objects
-
-
-def refused(helm: str, *args: str) -> str:
-    result = run_helm(helm, "template", RELEASE, str(CHART), *args)
-    assert result.returncode != 0, f"helm template accepted {args}"
-    return result.stderr
 
 
 # ------------------------------------------------------------------------------ volumes, env, init containers

@@ -298,7 +298,6 @@ class _Attached:
     def __init__(self, stream: Stream):
         self.stream = stream
         self.lock = threading.Lock()
-        self.identity = _file_identity(stream.segment.path)
         self.checked_at = time.monotonic()
         self.answers: dict[tuple, tuple[float, int, object]] = {}  # key -> (made at, count, answer)
 
@@ -306,21 +305,13 @@ class _Attached:
         if now - self.checked_at < IDENTITY_CHECK_S:
             return True
         self.checked_at = now
-        return _file_identity(self.stream.segment.path) == self.identity
+        return self.stream.segment.still_named()
 
     def close(self) -> None:
         with self.lock:
             self.answers.clear()
             if not self.stream.closed:
                 self.stream.close()
-
-
-def _file_identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _attach(namespace: str, name: str) -> Stream:

@@ -390,6 +390,14 @@ class Segment:
             return "has had its header overwritten"
         return None
 
+    def still_named(self) -> bool:
+        """Whether ``self.path`` still names the mapped file (not removed, not replaced by another)."""
+        try:
+            named = os.stat(self.path)
+        except OSError:
+            return False
+        return (named.st_dev, named.st_ino) == self._identity
+
     # -- teardown -------------------------------------------------------------
     def unlink(self) -> None:
         try:
