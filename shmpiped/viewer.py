@@ -42,18 +42,17 @@ import math
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections import deque
 
 import numpy as np
 
 from . import spawning
 from .errors import SharedMemoryError, ShmPipelineError
+from .pixels import encode_png, finite_range, image_pixels, levels, plot_pixels, real_values
 from .shm import layout
 from .shm.device import DeviceUnavailable
 from .shm.stream import Stream
@@ -213,33 +212,6 @@ def _leading_slice(array: np.ndarray) -> tuple[np.ndarray, str]:
     return array[(0,) * (array.ndim - 2)], f"slice [{index}] of {shape}"
 
 
-def _as_real(array: np.ndarray) -> tuple[np.ndarray, str]:
-    """float64 values to display (NaN where not finite), and a note on what they are."""
-    note = ""
-    if array.dtype.kind == "c":
-        array, note = np.abs(array), "|z|"
-    elif array.dtype.kind not in "biuf":
-        raise TypeError(f"cannot display values of dtype {array.dtype}")
-    values = np.asarray(array, dtype=np.float64)
-    return np.where(np.isfinite(values), values, np.nan), note
-
-
-def _finite_range(values: np.ndarray) -> tuple[float, float] | None:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return None
-    return float(finite.min()), float(finite.max())
-
-
-def _levels(values: np.ndarray, lo: float, hi: float, n: int) -> np.ndarray:
-    """Integer levels 0..n-1 of values between lo and hi (a flat range sits mid-way)."""
-    if hi > lo:
-        scaled = np.floor((np.nan_to_num(values, nan=lo) - lo) / (hi - lo) * n)
-    else:
-        scaled = np.full(values.shape, n // 2)
-    return np.clip(scaled, 0, n - 1).astype(np.intp)
-
-
 def _bin_means_1d(values: np.ndarray, bins: int) -> np.ndarray:
     """Means of ``bins`` near-equal consecutive runs of values, ignoring NaN."""
     edges = np.linspace(0, values.size, bins + 1).astype(np.intp)[:-1]
@@ -283,17 +255,17 @@ def render_text(array, width: int = 80, height: int = 24) -> str:
     if array.ndim == 0:
         return "\n".join(lines + [_fmt(array.item())])
     try:
-        values, what = _as_real(array)
+        values, what = real_values(array)
     except TypeError:
         preview = ", ".join(str(v) for v in array.ravel()[:256])
         return "\n".join(lines + [preview[: width * height]])
-    rng = _finite_range(values)
+    rng = finite_range(values)
     if values.ndim == 1:
         shown = values if values.size <= width else _bin_means_1d(values, width)
         if rng is None:
             return "\n".join(lines + [" " * shown.size, f"no finite values (n={values.size})"])
-        levels = _levels(shown, *rng, len(SPARK_CHARS))
-        spark = "".join(" " if not np.isfinite(v) else SPARK_CHARS[k] for v, k in zip(shown, levels))
+        marks = levels(shown, *rng, len(SPARK_CHARS))
+        spark = "".join(" " if not np.isfinite(v) else SPARK_CHARS[k] for v, k in zip(shown, marks))
         stats = (f"min {_fmt(rng[0])}  max {_fmt(rng[1])}  mean {_fmt(np.nanmean(values))}"
                  f"  n={values.size}")
         if shown.size < values.size:
@@ -306,10 +278,10 @@ def render_text(array, width: int = 80, height: int = 24) -> str:
     if rng is None:
         body = ["?" * shown.shape[1]] * shown.shape[0]
         return "\n".join(lines + body + [f"no finite values ({rows}x{cols})"])
-    levels = _levels(shown, *rng, len(SHADE_CHARS))
+    shades = levels(shown, *rng, len(SHADE_CHARS))
     finite = np.isfinite(shown)
     body = ["".join(SHADE_CHARS[k] if ok else "?" for k, ok in zip(level_row, ok_row))
-            for level_row, ok_row in zip(levels, finite)]
+            for level_row, ok_row in zip(shades, finite)]
     stats = f"range [{_fmt(rng[0])}, {_fmt(rng[1])}]  mean {_fmt(np.nanmean(values))}  {rows}x{cols}"
     if shown.shape != values.shape:
         stats += f" shown as {shown.shape[0]}x{shown.shape[1]} ({by}x{bx} block means)"
@@ -324,24 +296,6 @@ def _with_notes(stats: str, values: np.ndarray, what: str) -> str:
 
 
 # -- PNG -------------------------------------------------------------------------------
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Encode a 2-D uint8 array as an 8-bit grayscale PNG (no interlace, filter 0)."""
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    if pixels.ndim != 2 or pixels.shape[0] < 1 or pixels.shape[1] < 1:
-        raise ValueError(f"a PNG needs a non-empty 2-D array, got shape {pixels.shape}")
-    height, width = pixels.shape
-    raw = np.empty((height, width + 1), dtype=np.uint8)
-    raw[:, 0] = 0  # filter type "None" on every scanline
-    raw[:, 1:] = pixels
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 3)) + chunk(b"IEND", b""))
-
-
 def png_pixels(array) -> np.ndarray:
     """The grayscale picture render_png writes for ``array`` (uint8, rows x columns).
 
@@ -352,47 +306,10 @@ def png_pixels(array) -> np.ndarray:
     array, _ = _leading_slice(np.asarray(array))
     if array.ndim == 0 or array.size == 0:
         return np.full((TILE_SIZE, TILE_SIZE), 128, dtype=np.uint8)
-    values, _ = _as_real(array)
-    rng = _finite_range(values)
+    values, _ = real_values(array)
     if values.ndim == 2:
-        if rng is None:
-            return np.zeros(values.shape, dtype=np.uint8)
-        pixels = _levels(values, *rng, 256).astype(np.uint8)
-        pixels[~np.isfinite(values)] = 0
-        return pixels
-    return _line_plot(values, rng)
-
-
-def _line_plot(values: np.ndarray, rng: tuple[float, float] | None) -> np.ndarray:
-    n = values.size
-    width = min(max(n, PLOT_MIN_WIDTH), PLOT_MAX_WIDTH)
-    canvas = np.full((PLOT_HEIGHT, width), 255, dtype=np.uint8)
-    if rng is None:
-        return canvas
-    if n > width:  # the envelope of each column's run of samples
-        edges = np.linspace(0, n, width + 1).astype(np.intp)[:-1]
-        low, high = np.fmin.reduceat(values, edges), np.fmax.reduceat(values, edges)
-    else:  # linear interpolation between samples
-        low = high = np.interp(np.linspace(0, n - 1, width), np.arange(n), values)
-    margin = 2
-    span = PLOT_HEIGHT - 1 - 2 * margin
-
-    def row(v: np.ndarray) -> np.ndarray:
-        return PLOT_HEIGHT - 1 - margin - _levels(v, *rng, span + 1)
-
-    top, bottom = row(high), row(low)
-    valid = np.isfinite(low) & np.isfinite(high)
-    previous = None
-    for x in range(width):
-        if not valid[x]:
-            previous = None
-            continue
-        y0, y1 = int(top[x]), int(bottom[x])
-        if previous is not None:  # join to the previous column
-            y0, y1 = min(y0, previous), max(y1, previous)
-        canvas[y0 : y1 + 1, x] = 0
-        previous = int((top[x] + bottom[x]) // 2)
-    return canvas
+        return image_pixels(values)
+    return plot_pixels(values, min(max(values.size, PLOT_MIN_WIDTH), PLOT_MAX_WIDTH), PLOT_HEIGHT)
 
 
 def render_png(array, path) -> tuple[int, int]:
@@ -494,8 +411,8 @@ class _WindowDisplay:  # pragma: no cover - needs matplotlib and a display
             self._redraw("text")
             self.artist.set_text(render_text(array, 60, 10))
             return
-        values, _ = _as_real(array)
-        rng = _finite_range(values) or (0.0, 1.0)
+        values, _ = real_values(array)
+        rng = finite_range(values) or (0.0, 1.0)
         if rng[0] == rng[1]:
             pad = max(abs(rng[0]) * 0.005, 0.5)
             rng = (rng[0] - pad, rng[1] + pad)

@@ -16,7 +16,7 @@ import pytest
 from shmpiped.cli_console import browser_problem, console_errors, headless_chromium, wait_until_shown
 
 from .conftest import unavailable, wait_for
-from .test_console_preview import decode_gray_png
+from .png_support import decode_png
 
 ADMIN_TOKEN = "console-test-admin-7f3a"
 READ_TOKEN = "console-test-reader-91c2"
@@ -113,7 +113,7 @@ def test_preview_image_updates_from_the_stream(browser, demo):
     open_console(browser, demo)
     choose_preview(browser, "wfs_frame", "10")
     first = preview_png(browser, "wfs_frame")
-    pixels = decode_gray_png(first)
+    pixels = decode_png(first)
     assert pixels.shape == (64, 64) and pixels.min() == 0 and pixels.max() == 255  # the camera, autoscaled
 
     def changed():
@@ -121,7 +121,7 @@ def test_preview_image_updates_from_the_stream(browser, demo):
 
     assert wait_for(changed, timeout=10, interval=0.3)  # random camera frames: new bytes each refresh
     choose_preview(browser, "dm_command", "5")
-    plot = decode_gray_png(preview_png(browser, "dm_command"))
+    plot = decode_png(preview_png(browser, "dm_command"))
     assert plot.shape[0] < plot.shape[1] and (plot == 0).any()  # a line plot of the 32 actuators
     assert browser.find_element("id", "preview-frame").get_attribute("class").split() == ["preview-frame", "plot"]
     info = browser.find_element("id", "preview-info").text

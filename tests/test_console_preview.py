@@ -5,10 +5,8 @@ console's packaged assets."""
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -20,36 +18,10 @@ from shmpiped.service.preview import (
     StreamNotViewable,
     UnknownStream,
     console_asset,
-    encode_gray_png,
 )
 from shmpiped.shm import Stream
 
-
-def decode_gray_png(data: bytes) -> np.ndarray:
-    """An independent reader for what encode_gray_png writes: chunks and CRCs checked, filter 0 rows."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(kind + body), kind
-        chunks.append((kind, body))
-        pos += 12 + length
-    assert [k for k, _ in chunks][0] == b"IHDR" and chunks[-1][0] == b"IEND"
-    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, color, interlace) == (8, 0, 0)
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, width + 1)
-    assert not rows[:, 0].any()  # filter "none" on every row
-    return rows[:, 1:]
-
-
-def test_encode_gray_png_round_trips_every_pixel():
-    pixels = np.arange(7 * 300, dtype=np.uint32).reshape(7, 300).astype(np.uint8)
-    assert np.array_equal(decode_gray_png(encode_gray_png(pixels)), pixels)
-    with pytest.raises(ValueError, match="non-empty 2-D"):
-        encode_gray_png(np.zeros((0, 4), np.uint8))
+from .png_support import decode_png
 
 
 def test_two_d_frame_is_autoscaled_grayscale(make_stream, namespace):
@@ -58,7 +30,7 @@ def test_two_d_frame_is_autoscaled_grayscale(make_stream, namespace):
     s.write(frame)
     cache = PreviewCache(namespace)
     try:
-        pixels = decode_gray_png(cache.png("img", width=64, max_hz=5))
+        pixels = decode_png(cache.png("img", width=64, max_hz=5))
     finally:
         cache.close()
     assert pixels.shape == (2, 3)
@@ -73,8 +45,8 @@ def test_wide_frame_is_sampled_to_the_width_keeping_the_aspect(make_stream, name
     s.write(np.tile(np.arange(400, dtype=np.uint16), (100, 1)))
     cache = PreviewCache(namespace)
     try:
-        pixels = decode_gray_png(cache.png("wide", width=100))
-        huge = decode_gray_png(cache.png("wide", width=10**6))   # clamped to MAX_WIDTH (400 columns fit)
+        pixels = decode_png(cache.png("wide", width=100))
+        huge = decode_png(cache.png("wide", width=10**6))   # clamped to MAX_WIDTH (400 columns fit)
     finally:
         cache.close()
     assert pixels.shape == (25, 100)
@@ -87,7 +59,7 @@ def test_one_d_frame_is_a_line_plot(make_stream, namespace):
     s.write(np.linspace(-1.0, 1.0, 64))
     cache = PreviewCache(namespace)
     try:
-        pixels = decode_gray_png(cache.png("ramp", width=128))
+        pixels = decode_png(cache.png("ramp", width=128))
     finally:
         cache.close()
     height = 128 // preview.PLOT_ASPECT
@@ -108,7 +80,7 @@ def test_zero_d_value_is_served_as_json(make_stream, namespace):
     cache = PreviewCache(namespace)
     try:
         status, content_type, body = cache.respond("/preview/gain.json")
-        tile = decode_gray_png(cache.png("gain"))
+        tile = decode_png(cache.png("gain"))
     finally:
         cache.close()
     answer = json.loads(body)
@@ -152,7 +124,7 @@ def test_cache_encodes_once_per_period_and_follows_new_frames(make_stream, names
         assert cache.png("cam", width=64, max_hz=30) == fresh and len(encodes) == 2  # no new frame: kept
     finally:
         cache.close()
-    assert np.array_equal(decode_gray_png(fresh), np.where(np.eye(8) > 0, 255, 0))
+    assert np.array_equal(decode_png(fresh), np.where(np.eye(8) > 0, 255, 0))
 
 
 def test_preview_never_registers_as_a_waiter_nor_writes(make_stream, namespace):
@@ -188,7 +160,7 @@ def test_errors_have_statuses_and_say_what_to_change(make_stream, namespace):
         assert cache.respond("/preview/other.json")[0] == 404
         assert cache.respond("/preview/dev.png")[0] == 409
         status, content_type, body = cache.respond("/preview/cam.png", "width=32&max_hz=2")
-        assert (status, content_type) == (200, "image/png") and decode_gray_png(body).shape[1] == 32
+        assert (status, content_type) == (200, "image/png") and decode_png(body).shape[1] == 32
     finally:
         cache.close()
     assert isinstance(UnknownStream("x"), KeyError) and isinstance(BadPreviewRequest("x"), ValueError)

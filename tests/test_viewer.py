@@ -6,11 +6,9 @@ import io
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -31,6 +29,7 @@ from shmpiped.viewer import (
 )
 
 from .conftest import run_python, segments_of, spawn_python
+from .png_support import decode_png
 
 # A writer in another process, through the public API: attach by name and write
 # ``rate`` frames per second (on an absolute schedule) for ``seconds``.
@@ -124,28 +123,6 @@ def waiters(stream: Stream) -> int:
     return int(stream.segment.bytes[offset : offset + 4].view(np.uint32)[0])
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """A tiny PNG decoder for 8-bit grayscale, non-interlaced images; checks every CRC."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind!r}"
-        chunks.append((kind, body))
-        pos += 12 + length
-    assert pos == len(data)
-    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
-    width, height, depth, color, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, color, compression, filtering, interlace) == (8, 0, 0, 0, 0)
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    assert len(raw) == height * (width + 1)
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, width + 1)
-    assert (rows[:, 0] == 0).all(), "only filter type 0 is expected"
-    return rows[:, 1:].copy()
-
-
 def read_png(path) -> np.ndarray:
     with open(path, "rb") as handle:
         return decode_png(handle.read())
@@ -206,6 +183,8 @@ def test_render_text_more_dimensions_shows_the_first_slice():
 def test_encode_png_round_trips_through_a_decoder():
     pixels = np.arange(7 * 5, dtype=np.uint8).reshape(5, 7) * 7
     assert np.array_equal(decode_png(encode_png(pixels)), pixels)
+    with pytest.raises(ValueError, match="non-empty 2-D"):
+        encode_png(np.zeros((0, 4), np.uint8))
 
 
 def test_render_png_two_d_is_one_pixel_per_element_normalised(tmp_path):

@@ -36,16 +36,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import threading
 import time
-import zlib
 from importlib import resources
 from urllib.parse import parse_qs, unquote
 
 import numpy as np
 
 from ..errors import SharedMemoryError
+from ..pixels import encode_png, finite_range, image_pixels, plot_pixels, real_values
 from ..shm import Stream, layout
 
 DEFAULT_WIDTH = 512
@@ -55,7 +54,6 @@ MAX_HEIGHT = 1024
 DEFAULT_MAX_HZ = 5.0
 MAX_HZ = 30.0
 PLOT_ASPECT = 4           # a 1-D plot is width x width/PLOT_ASPECT pixels
-THICK_LINE_WIDTH = 256    # plots at least this wide draw a 2-pixel line
 JSON_VALUES_MAX = 64      # streams with more elements answer "values": null (their min/max/mean still)
 JSON_SIDE = 256           # JSON statistics come from at most 256 x 256 (or 65536) sampled elements
 COPY_TRIES = 8            # copies lapped by the writer before the preview gives up (409)
@@ -133,111 +131,17 @@ class StreamNotViewable(PreviewError):
     status = 409
 
 
-# -- PNG ------------------------------------------------------------------------------------
-def encode_gray_png(pixels: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG of a 2-D uint8 array (filter 0 on every row; zlib level 3: noisy frames
-    hardly compress, so speed matters more than size)."""
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    if pixels.ndim != 2 or 0 in pixels.shape:
-        raise ValueError(f"a PNG needs a non-empty 2-D array, got shape {pixels.shape}")
-    height, width = pixels.shape
-    rows = np.zeros((height, width + 1), dtype=np.uint8)  # column 0: the row's filter byte (0: none)
-    rows[:, 1:] = pixels
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # depth 8, grayscale, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 3))
-            + chunk(b"IEND", b""))
-
-
-def _real_values(array: np.ndarray) -> np.ndarray:
-    """float64 values to draw: |z| for complex, NaN where not finite; TypeError for other kinds."""
-    if array.dtype.kind == "c":
-        array = np.abs(array)
-    elif array.dtype.kind not in "biuf":
-        raise TypeError(f"values of dtype {array.dtype} cannot be drawn")
-    values = np.asarray(array, dtype=np.float64)
-    return np.where(np.isfinite(values), values, np.nan)
-
-
-def _finite_range(values: np.ndarray) -> tuple[float, float] | None:
-    finite = values[np.isfinite(values)]
-    return (float(finite.min()), float(finite.max())) if finite.size else None
-
-
-def image_pixels(values: np.ndarray) -> np.ndarray:
-    """2-D values -> uint8 gray levels: finite min..max -> 0..255, non-finite 0, a flat frame 128."""
-    rng = _finite_range(values)
-    if rng is None:
-        return np.zeros(values.shape, dtype=np.uint8)
-    lo, hi = rng
-    if hi > lo:
-        levels = np.floor((np.nan_to_num(values, nan=lo) - lo) * (256.0 / (hi - lo)))
-        pixels = np.clip(levels, 0, 255).astype(np.uint8)
-    else:
-        pixels = np.full(values.shape, 128, dtype=np.uint8)
-    pixels[~np.isfinite(values)] = 0
-    return pixels
-
-
-def plot_pixels(values: np.ndarray, width: int, height: int) -> np.ndarray:
-    """1-D values as a line plot: black (0) on white (255), a grey (192) line at zero when it is in range.
-
-    With more samples than columns each column draws its samples' min..max;
-    with fewer, the line is interpolated; consecutive columns are joined.
-    """
-    canvas = np.full((height, width), 255, dtype=np.uint8)
-    rng = _finite_range(values)
-    if rng is None or values.size == 0:
-        return canvas
-    lo, hi = rng
-    if hi <= lo:
-        lo, hi = lo - 1.0, hi + 1.0  # a flat signal: a line across the middle
-    n = values.size
-    if n > width:
-        edges = np.linspace(0, n, width + 1).astype(np.intp)[:-1]
-        low, high = np.fmin.reduceat(values, edges), np.fmax.reduceat(values, edges)
-    elif n == 1:
-        low = high = np.full(width, values[0])
-    else:
-        low = high = np.interp(np.linspace(0, n - 1, width), np.arange(n), values)
-    margin = 2
-    span = height - 1 - 2 * margin
-
-    def row_of(v):
-        return (height - 1 - margin - np.round((v - lo) / (hi - lo) * span)).astype(np.intp)
-
-    if lo < 0 < hi:
-        canvas[int(row_of(np.float64(0.0))), :] = 192
-    valid = np.isfinite(low) & np.isfinite(high)
-    top = np.where(valid, row_of(np.nan_to_num(high, nan=lo)), 0)
-    bottom = np.where(valid, row_of(np.nan_to_num(low, nan=lo)), -1)
-    middle = (top + bottom) // 2
-    previous = np.concatenate(([-1], middle[:-1]))
-    joined = np.concatenate(([False], valid[:-1] & valid[1:]))
-    top = np.where(joined, np.minimum(top, previous), top)
-    bottom = np.where(joined, np.maximum(bottom, previous), bottom)
-    rows = np.arange(height)[:, None]
-    line = (rows >= top[None, :]) & (rows <= bottom[None, :])
-    if width >= THICK_LINE_WIDTH:  # two pixels wide: still legible when the browser scales it down
-        line[:, 1:] |= line[:, :-1]
-    canvas[line] = 0
-    return canvas
-
-
 def frame_png(frame: np.ndarray, width: int) -> bytes:
     """The PNG for one (already sampled) frame: image for 2-D, plot for 1-D, a mid-grey tile for 0-D."""
     if frame.ndim == 0 or frame.size == 0:
-        return encode_gray_png(np.full((MIN_WIDTH, MIN_WIDTH), 128, dtype=np.uint8))
+        return encode_png(np.full((MIN_WIDTH, MIN_WIDTH), 128, dtype=np.uint8))
     try:
-        values = _real_values(frame)
+        values = real_values(frame)[0]
     except TypeError as exc:
         raise StreamNotViewable(f"cannot draw this stream: {exc}; read it as JSON") from None
     if values.ndim == 1:
-        return encode_gray_png(plot_pixels(values, width, max(32, width // PLOT_ASPECT)))
-    return encode_gray_png(image_pixels(values))
+        return encode_png(plot_pixels(values, width, max(32, width // PLOT_ASPECT)))
+    return encode_png(image_pixels(values))
 
 
 # -- sampling a frame ------------------------------------------------------------------------
@@ -450,10 +354,10 @@ class PreviewCache:
         elif handle.shape and int(np.prod(handle.shape)) <= JSON_VALUES_MAX and frame.slice is None:
             summary["values"] = [_json_value(v) for v in values.ravel().tolist()]
         try:
-            real = _real_values(values)
+            real = real_values(values)[0]
         except TypeError:
             return summary
-        rng = _finite_range(real)
+        rng = finite_range(real)
         if rng is not None:
             summary["min"], summary["max"] = rng
             summary["mean"] = float(np.nanmean(real))
