@@ -26,13 +26,15 @@ import weakref
 
 from . import measure, realtime, spawning
 from . import status as status_parts
-from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
+from .config import KernelConfig, PipelineConfig
 from .errors import (
     ConfigValidationError,
     StateTransitionError,
     WorkerProcessError,
 )
 from .graph import PipelineGraph
+from .manager_changes import ChangesMixin
+from .manager_endpoints import EndpointsMixin
 from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpus, place
 from .shm import layout
 from .shm.stream import Stream
@@ -53,7 +55,7 @@ log = logging.getLogger("shmpiped.manager")
 EVENTS_MAXLEN = 256
 
 
-class PipelineManager:
+class PipelineManager(ChangesMixin, EndpointsMixin):
     """Builds, runs and observes one pipeline (shmpipeline's API, made observable)."""
 
     def __init__(
@@ -398,125 +400,6 @@ class PipelineManager:
                 self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, "workers restarted")
             return names
 
-    # ------------------------------------------------------------------ reconfiguration
-    def begin_reconfigure(self, config, timeout: float | None = None):
-        """Start changing the running pipeline to ``config`` (same namespace); returns the
-        ``shmpiped.reconfigure.Reconfiguration`` to ``poll()`` and then ``commit()`` or ``rollback()``.
-
-        Only what differs stops and starts: unchanged workers, sources, sinks and
-        streams (with their contents) keep running.  Raises, with the old
-        pipeline running again, if a step fails.
-        """
-        from .reconfigure import Reconfiguration
-
-        if not isinstance(config, PipelineConfig):
-            config = PipelineConfig.from_dict(config, base_path=self.config.base_path)
-        with self._lock:
-            self.poll_events()
-            self._require("reconfigure", PipelineState.RUNNING, PipelineState.PAUSED, PipelineState.FAILED)
-            from .validation import validate_pipeline_config
-
-            errors = validate_pipeline_config(config, self.registry)
-            if errors:
-                raise ConfigValidationError(errors[0], errors=errors)
-            self.realtime_problems = realtime.check_pipeline(config)
-            return Reconfiguration(self, config, timeout).begin()
-
-    def reconfigure(self, config, timeout: float | None = None) -> dict:
-        """Change the running pipeline to ``config`` and wait until its new workers run; on any failure
-        the old pipeline runs again and WorkerProcessError (or the build's error) is raised."""
-        change = self.begin_reconfigure(config, timeout)
-        while (outcome := change.poll()) == "pending":
-            time.sleep(0.005)
-        with self._lock:
-            if outcome == "ready":
-                change.commit()
-                return {"reconfigured": True, "plan": change.plan.describe()}
-            change.rollback()
-        raise WorkerProcessError(change.error)
-
-    def _after_reconfiguration(self, reason: str) -> None:
-        self._event("reconfigured", reason=reason)
-        if self._state == PipelineState.FAILED and not self._failures:
-            paused = self._pause_event.is_set()
-            self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, reason)
-
-    def replace_kernel_config(self, kernel: KernelConfig) -> None:
-        """Use ``kernel`` (same name) the next time that worker is (re)started."""
-        with self._lock:
-            if kernel.name not in self.kernel_configs:
-                raise KeyError(kernel.name)
-            self.kernel_configs[kernel.name] = kernel
-            self.config = self.config.replace(
-                kernels=tuple(kernel if k.name == kernel.name else k for k in self.config.kernels))
-
-    def add_kernel(self, kernel, *, shared_memory=(), timeout: float | None = None) -> dict:
-        with self._lock:
-            self.poll_events()
-            if self._state not in (PipelineState.RUNNING, PipelineState.PAUSED):
-                raise StateTransitionError(
-                    f"add_kernel requires a RUNNING or PAUSED pipeline; current state is '{self._state.value}'")
-            candidate = self._candidate_with(kernel, shared_memory)
-            kernel = candidate.kernels[-1]
-            new_specs = candidate.shared_memory[len(self.config.shared_memory):]
-            from .validation import validate_pipeline_config
-
-            errors = validate_pipeline_config(candidate, self.registry)
-            if errors:
-                raise ConfigValidationError(errors[0], errors=errors)
-            self._check_loadable([kernel])
-            previous = self.config
-            created: list[Stream] = []
-            try:
-                notify = default_notify(candidate)
-                for spec in new_specs:
-                    stream, was_created = provision_stream(spec, candidate, self.slots, notify[spec.name],
-                                                           shared=self._block.shared)
-                    self.streams[spec.name] = stream
-                    if was_created:
-                        created.append(stream)
-                        self.owned_streams.add(spec.name)
-                    if spec.initial is not None:
-                        write_initial_value(stream, spec, candidate)
-                self.config = candidate
-                self.kernel_configs[kernel.name] = kernel
-                handle = self._spawn(kernel, len(candidate.kernels) - 1)
-                self._wait_started([handle], timeout if timeout is not None else self.worker_start_timeout)
-            except BaseException:
-                handle = self.workers.pop(kernel.name, None)
-                if handle is not None:
-                    self._stop_workers([handle], timeout=1.0, force=True)
-                self._failures = [f for f in self._failures if f.get("kernel") != kernel.name]
-                self.kernel_configs.pop(kernel.name, None)
-                self._pool.release_record(kernel.name)
-                for spec in new_specs:
-                    stream = self.streams.pop(spec.name, None)
-                    if stream is not None:
-                        stream.close()
-                        if spec.name in self.owned_streams:
-                            stream.unlink()
-                            self.owned_streams.discard(spec.name)
-                self.config = previous
-                raise
-            self._event("kernel_added", kernel=kernel.name)
-            return self.status()
-
-    def _candidate_with(self, kernel, shared_memory) -> PipelineConfig:
-        names = {k.name for k in self.config.kernels} | {s.name for s in self.config.sources} | {
-            s.name for s in self.config.sinks}
-        kernel_dict = kernel.to_dict() if isinstance(kernel, KernelConfig) else dict(kernel)
-        if kernel_dict.get("name") in names:
-            raise ConfigValidationError(f"pipeline node '{kernel_dict.get('name')}' already exists")
-        stream_dicts = [s.to_dict() if isinstance(s, SharedMemoryConfig) else dict(s) for s in shared_memory]
-        for item in stream_dicts:
-            if item.get("name") in self.streams:
-                raise ConfigValidationError(f"shared memory '{item.get('name')}' already exists")
-        document = self.config.to_dict()
-        document["shared_memory"] = list(document["shared_memory"]) + stream_dicts
-        document["kernels"] = list(document.get("kernels", [])) + [kernel_dict]
-        candidate = PipelineConfig.from_dict(document, base_path=self.config.base_path)
-        return candidate.replace(source_path=self.config.source_path)
-
     # ------------------------------------------------------------------ streams
     def get_stream(self, name: str) -> Stream:
         try:
@@ -658,134 +541,6 @@ class PipelineManager:
             raise StateTransitionError("benchmark requires the pipeline to be RUNNING")
         return measure.benchmark(self, duration_s, source=source, output_stream=output_stream,
                                  warmup_s=warmup_s)
-
-    # ------------------------------------------------------------------ sources, sinks, synthetic
-    def _start_sinks(self) -> None:
-        for config in self.config.sinks:
-            self._start_sink(config)
-
-    def _start_sources(self) -> None:
-        for config in self.config.sources:
-            self._start_source(config)
-
-    def _start_sink(self, config) -> None:
-        from .endpoints import SinkController
-
-        self._start_endpoint(config, (config.stream, *config.outputs), self.registry.create_sink, SinkController,
-                             self._sinks)
-
-    def _start_source(self, config) -> None:
-        if getattr(config, "process", False):  # in a process of its own, with its real-time settings
-            from .source_process import SourceProcess
-
-            source = SourceProcess(config, self.config, self._pool, self.registry.get_source(config.kind),
-                                   self._event)
-            self._sources[config.name] = source
-            source.start()
-            source.wait_started(self.worker_start_timeout)
-            return
-        from .endpoints import SourceController
-
-        self._start_endpoint(config, config.streams, self.registry.create_source, SourceController, self._sources)
-
-    def _source_processes(self) -> dict:
-        """The sources that run in processes of their own, by name (restarted like workers)."""
-        return {name: s for name, s in self._sources.items() if getattr(s, "process_based", False)}
-
-    def _restart_source_process(self, name: str, timeout: float, wait: bool) -> None:
-        source = self._sources[name]
-        source.respawn()
-        self._failures = [f for f in self._failures if f.get("kernel") != name]
-        self._endpoint_failures_seen.discard(name)
-        self._event("source_restarted", kernel=name, pid=source.pid, restarts=source.restarts)
-        if wait:
-            source.wait_started(timeout)
-
-    def _start_endpoint(self, config, stream_names, create, controller_class, table: dict) -> None:
-        """Build a source or sink plugin on its streams and start its controller thread."""
-        streams = {name: self.streams[name] for name in stream_names}
-        auxiliary = {b.alias: self.streams[b.name] for b in config.auxiliary}
-        plugin = create(config, self.config.streams_by_name, auxiliary, config_base_dir=str(self.config.base_path))
-        controller = controller_class(config, plugin, streams, self._pause_event)
-        table[config.name] = controller
-        controller.start()
-
-    def _stop_endpoints(self, names, timeout: float = 5.0) -> None:
-        """Stop the sources, then the sinks, of these names (those that run)."""
-        for table in (self._sources, self._sinks):
-            for name in [n for n in names if n in table]:
-                table[name].stop(timeout)
-        self._collect_endpoint_failures()
-        for table in (self._sources, self._sinks):
-            for name in names:
-                table.pop(name, None)
-
-    def source_status(self) -> dict:
-        return {name: c.snapshot() for name, c in self._sources.items()}
-
-    def sink_status(self) -> dict:
-        return {name: c.snapshot() for name, c in self._sinks.items()}
-
-    def start_synthetic_input(self, spec) -> dict:
-        from .synthetic import SyntheticInputConfig, SyntheticInputController
-
-        with self._lock:
-            if self._state not in (PipelineState.BUILT, PipelineState.RUNNING,
-                                   PipelineState.PAUSED, PipelineState.FAILED):
-                raise StateTransitionError("synthetic inputs require the pipeline to be built first")
-            if not isinstance(spec, SyntheticInputConfig):
-                spec = SyntheticInputConfig(**dict(spec))
-            if spec.stream_name not in self.streams:
-                raise KeyError(f"unknown shared memory stream: {spec.stream_name!r}")
-            for source in self.config.sources:
-                if spec.stream_name in source.streams:
-                    raise ConfigValidationError(
-                        f"stream '{spec.stream_name}' is already driven by source '{source.name}'")
-            producers = [k.name for k in self.config.kernels if spec.stream_name in k.outputs]
-            if producers:
-                raise ConfigValidationError(
-                    f"stream '{spec.stream_name}' is already written by kernel '{producers[0]}'")
-            self.stop_synthetic_input(spec.stream_name)
-            controller = SyntheticInputController(spec, self.streams[spec.stream_name])
-            controller.start()
-            self._synthetic[spec.stream_name] = controller
-            self._event("synthetic_input_started", stream=spec.stream_name, pattern=spec.pattern,
-                        rate_hz=spec.rate_hz)
-            return controller.snapshot()
-
-    def stop_synthetic_input(self, stream_name: str, timeout: float = 2.0) -> None:
-        controller = self._synthetic.pop(stream_name, None)
-        if controller is not None:
-            controller.stop(timeout)
-            self._event("synthetic_input_stopped", stream=stream_name)
-
-    def stop_all_synthetic_inputs(self, timeout: float = 2.0) -> None:
-        for name in list(self._synthetic):
-            self.stop_synthetic_input(name, timeout)
-
-    def synthetic_input_status(self) -> dict:
-        return {name: c.snapshot() for name, c in self._synthetic.items()}
-
-    # ------------------------------------------------------------------ viewers
-    def open_viewer(self, stream_name: str, **options):
-        """Spawn a viewer process on ``stream_name`` (read-only; it never slows the writer).
-
-        ``options`` go to :class:`shmpiped.viewer.ViewerProcess` (``mode``,
-        ``png_path``, ``interval``, ...).  ``close_viewers()`` ends them all.
-        """
-        from .viewer import ViewerProcess
-
-        if self._state not in (PipelineState.BUILT, PipelineState.RUNNING, PipelineState.PAUSED,
-                               PipelineState.FAILED):
-            raise StateTransitionError("viewers require the pipeline to be built first")
-        self.get_stream(stream_name)
-        viewer = ViewerProcess(stream_name, self.namespace, **options)
-        self._viewers.append(viewer)
-        return viewer
-
-    def close_viewers(self, timeout: float = 2.0) -> None:
-        while self._viewers:
-            self._viewers.pop().close(timeout)
 
 
 # ---------------------------------------------------------------------- helpers
