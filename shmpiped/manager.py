@@ -35,7 +35,8 @@ from .errors import (
 from .graph import PipelineGraph
 from .manager_changes import ChangesMixin
 from .manager_endpoints import EndpointsMixin
-from .placement import PlacementPolicy, RoundRobinPlacementPolicy, available_cpus, place
+from .placement import PlacementPolicy, available_cpus, place
+from .scheduling import normalize_placement_policy
 from .shm import layout
 from .shm.stream import Stream
 from .shm.telemetry import NamespaceBlock
@@ -77,7 +78,7 @@ class PipelineManager(ChangesMixin, EndpointsMixin):
             config = PipelineConfig.from_dict(config, base_path=config_base_path)
         self.config: PipelineConfig = config
         self.spawn_method = spawn_method  # accepted for compatibility: workers are always fresh interpreters
-        self.placement_policy = placement_policy or RoundRobinPlacementPolicy()
+        self.placement_policy = normalize_placement_policy(placement_policy)
         self._registry = registry
         self.worker_start_timeout = float(worker_start_timeout)
         self.slots = int(slots)

@@ -508,6 +508,42 @@ def test_custom_placement_policy_pins_the_worker(namespace, manager_factory):
     assert m.status()["placement_policy"] == "last-cpu"
 
 
+class FirstCpuByProtocol:
+    """shmpipeline's WorkerPlacementPolicy is a Protocol: a policy needs no base class."""
+
+    def cpu_slot_for(self, *, kernel, index, cpu_count):
+        return sorted(os.sched_getaffinity(0))[0]
+
+    def describe(self):
+        return "first-cpu"
+
+
+def test_shmpipeline_scheduling_policies_place_workers(namespace, manager_factory):
+    """`from shmpipeline.scheduling import NoAffinityPlacementPolicy` (shmpipeline's tomographic example):
+    the names exist under shmpipeline's module, no-affinity leaves the worker on the whole pool, and a
+    duck-typed policy pins it."""
+    from shmpiped.compat import install_shmpipeline_fallback
+
+    install_shmpipeline_fallback()
+    from shmpipeline.scheduling import NoAffinityPlacementPolicy, normalize_placement_policy
+
+    assert normalize_placement_policy(None).describe() == "round-robin"
+    m = manager_factory(scale_pipeline(namespace), placement_policy=NoAffinityPlacementPolicy())
+    m.build()
+    m.start()
+    worker = m.status()["workers"]["scale"]
+    assert worker["cpu_slot"] is None and os.sched_getaffinity(worker["pid"]) == os.sched_getaffinity(0)
+    assert m.status()["placement_policy"] == "none"
+    m.shutdown()
+
+    other = manager_factory(scale_pipeline(namespace), placement_policy=FirstCpuByProtocol())
+    other.build()
+    other.start()
+    first = sorted(os.sched_getaffinity(0))[0]
+    worker = other.status()["workers"]["scale"]
+    assert worker["cpu_slot"] == first and os.sched_getaffinity(worker["pid"]) == {first}
+
+
 def test_workers_get_their_blas_thread_count_before_numpy_loads(namespace, manager_factory):
     """A worker is pinned to one CPU: BLAS threads beyond `blas_threads` (1 by default) only jitter."""
     streams = [stream("x", (8,)), stream("A", (4, 8)), stream("b", (4,)), stream("y", (4,)), stream("z", (8,))]

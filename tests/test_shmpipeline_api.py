@@ -126,6 +126,12 @@ SURFACE: dict[str, dict[str, tuple[str, ...]]] = {
         "configure_colored_logging": (),
     },
     "shm_cleanup": {"close_stream": (), "unlink_stream_name": ()},
+    "scheduling": {
+        "WorkerPlacementPolicy": ("cpu_slot_for", "describe"),
+        "RoundRobinPlacementPolicy": ("cpu_slot_for", "describe"),
+        "NoAffinityPlacementPolicy": ("cpu_slot_for", "describe"),
+        "normalize_placement_policy": (),
+    },
     "sinks": {"NullSink": ("kind", "validate_config", "consume", "plugin_metrics")},
     "sinks.null_sink": {"NullSink": ("kind", "validate_config", "consume", "plugin_metrics")},
     "sources": {
