@@ -24,9 +24,10 @@ READ_TOKEN = "console-test-reader-91c2"
 BLOB_BYTES = """
 const done = arguments[arguments.length - 1];
 const img = document.getElementById('preview-image');
-fetch(img.src).then(r => r.arrayBuffer()).then(buffer => {
+const stream = img.getAttribute('data-stream'), src = img.src;  // together: the page may switch meanwhile
+fetch(src).then(r => r.arrayBuffer()).then(buffer => {
   let text = ''; for (const byte of new Uint8Array(buffer)) text += String.fromCharCode(byte);
-  done({stream: img.getAttribute('data-stream'), png: btoa(text)});
+  done({stream: stream, png: btoa(text)});
 }).catch(error => done({error: String(error)}));
 """
 
