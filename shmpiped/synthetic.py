@@ -10,9 +10,8 @@ This module owns:
 - ``SyntheticInputController``: the manager-owned background thread that
   drives one stream (``PipelineManager.start_synthetic_input``), paced
   without catch-up bursts;
-- the built-in source plugins ``synthetic.array`` (``SyntheticArraySource``)
-  and ``synthetic.frame_set`` (``SyntheticFrameSetSource``), which the
-  registry imports lazily.
+- ``Pacer``, ``sleep_until``, ``is_number``, ``as_integer``: the pacing and
+  field checks the built-in source plugins (``shmpiped/sources/``) share.
 
 Streams live in host shared memory whatever their declared storage, so the
 sources always generate with numpy; ``xp`` lets a caller generate on another
@@ -34,12 +33,10 @@ import numpy
 
 from shmpiped.endpoints import RateMeter
 from shmpiped.errors import ConfigValidationError
-from shmpiped.kernels.base import Source, array_namespace
+from shmpiped.kernels.base import array_namespace
 
 __all__ = [
     "PATTERNS",
-    "SyntheticArraySource",
-    "SyntheticFrameSetSource",
     "SyntheticInputConfig",
     "SyntheticInputController",
     "SyntheticPatternGenerator",
@@ -67,20 +64,20 @@ def available_synthetic_patterns() -> tuple[str, ...]:
 # --------------------------------------------------------------------------- config
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _finite(name: str, value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)):
+    if not is_number(value) or not math.isfinite(float(value)):
         raise ConfigValidationError(
             f"synthetic input {name} must be a finite number, got {value!r}"
         )
     return float(value)
 
 
-def _integer(name: str, value: Any) -> int:
-    if _is_number(value) and float(value).is_integer():
+def as_integer(name: str, value: Any) -> int:
+    if is_number(value) and float(value).is_integer():
         return int(value)
     raise ConfigValidationError(f"synthetic input {name} must be an integer, got {value!r}")
 
@@ -115,7 +112,7 @@ class SyntheticInputConfig:
             if rate <= 0:
                 raise ConfigValidationError("synthetic input rate_hz must be positive")
             set_(self, "rate_hz", rate)
-        seed = _integer("seed", self.seed)
+        seed = as_integer("seed", self.seed)
         if seed < 0:
             raise ConfigValidationError(f"synthetic input seed must be non-negative, got {seed}")
         set_(self, "seed", seed)
@@ -125,7 +122,7 @@ class SyntheticInputConfig:
         if period <= 0:
             raise ConfigValidationError("synthetic input period must be positive")
         set_(self, "period", period)
-        interval = _integer("impulse_interval", self.impulse_interval)
+        interval = as_integer("impulse_interval", self.impulse_interval)
         if interval <= 0:
             raise ConfigValidationError("synthetic input impulse_interval must be positive")
         set_(self, "impulse_interval", interval)
@@ -307,7 +304,7 @@ def sleep_until(deadline: float, should_stop: Callable[[], bool] | None = None) 
         return False
 
 
-class _Pacer:
+class Pacer:
     """``first frame immediate, then next = max(next + 1/rate, now)`` (no catch-up)."""
 
     def __init__(self, rate_hz: float | None):
@@ -443,9 +440,13 @@ class SyntheticSourceController(SyntheticInputController):
         super().__init__(spec, stream)
 
 
+#: The fields of a pattern that a synthetic source's parameters may carry (besides its timing keys).
+PATTERN_PARAMETERS = ("pattern", "seed", "amplitude", "offset", "period", "constant", "impulse_interval")
+
+
 def synthetic_config_from_parameters(stream_name: str, parameters: Mapping[str, Any]) -> SyntheticInputConfig:
     """The pattern of a source's ``parameters`` for ``stream_name`` (timing keys are the source's)."""
-    fields = {key: parameters[key] for key in _PATTERN_PARAMETERS if key in parameters}
+    fields = {key: parameters[key] for key in PATTERN_PARAMETERS if key in parameters}
     return SyntheticInputConfig(stream_name=stream_name, **fields)
 
 
@@ -453,204 +454,3 @@ def pattern_generator_for_stream(stream_name: str, parameters: Mapping[str, Any]
     """A generator of the pattern in ``parameters``, shaped like the live ``stream`` (host arrays)."""
     return SyntheticPatternGenerator(synthetic_config_from_parameters(stream_name, parameters),
                                      stream.shape, stream.dtype)
-
-
-# --------------------------------------------------------------------------- source plugins
-
-_PATTERN_PARAMETERS = ("pattern", "seed", "amplitude", "offset", "period", "constant",
-                       "impulse_interval")
-_STORAGES = ("cpu", "gpu")
-
-
-def _source_error(config, message: str) -> ConfigValidationError:
-    return ConfigValidationError(f"source {config.name!r} ({config.kind}): {message}")
-
-
-def _check_parameters(config, allowed: tuple[str, ...]) -> dict:
-    parameters = dict(config.parameters or {})
-    unknown = sorted(set(parameters) - set(allowed))
-    if unknown:
-        raise _source_error(
-            config,
-            f"unknown parameter(s) {', '.join(unknown)}; expected any of: {', '.join(allowed)}",
-        )
-    rate = parameters.get("rate_hz")
-    if rate is not None and (not _is_number(rate) or not rate > 0 or not math.isfinite(rate)):
-        raise _source_error(
-            config, f"parameter rate_hz must be a positive number or null, got {rate!r}"
-        )
-    return parameters
-
-
-def _pattern_config(config, stream_name: str, parameters: Mapping[str, Any], seed_offset: int = 0):
-    """The SyntheticInputConfig of one stream of a synthetic source."""
-    fields = {key: parameters[key] for key in _PATTERN_PARAMETERS if key in parameters}
-    fields["rate_hz"] = parameters.get("rate_hz")
-    try:
-        if seed_offset:
-            fields["seed"] = _integer("seed", fields.get("seed", 0)) + seed_offset
-        return SyntheticInputConfig(stream_name=stream_name, **fields)
-    except ConfigValidationError as exc:
-        raise _source_error(config, str(exc)) from None
-
-
-def _check_storages(config, shared_memory) -> None:
-    storages = {shared_memory[name].storage for name in config.streams}
-    for storage in storages:
-        if storage not in _STORAGES:
-            raise _source_error(config, f"unsupported storage {storage!r}")
-    if len(storages) > 1:
-        raise _source_error(config, "all streams must have the same storage")
-
-
-class SyntheticArraySource(Source):
-    """``synthetic.array``: one stream of a synthetic pattern, optionally paced.
-
-    Parameters: ``rate_hz`` (positive or null) plus the pattern fields
-    ``pattern, seed, amplitude, offset, period, constant, impulse_interval``.
-    The first frame is immediate, then ``next = max(next + 1/rate, now)``.
-    """
-
-    kind = "synthetic.array"
-    storages = _STORAGES
-    PARAMETERS = ("rate_hz",) + _PATTERN_PARAMETERS
-
-    @classmethod
-    def validate_config(cls, config, shared_memory) -> None:
-        if len(config.streams) != 1:
-            raise _source_error(config, f"needs exactly one stream, got {len(config.streams)}")
-        _check_storages(config, shared_memory)
-        parameters = _check_parameters(config, cls.PARAMETERS)
-        _pattern_config(config, config.stream, parameters)
-
-    def __init__(self, context) -> None:
-        super().__init__(context)
-        config = context.config
-        parameters = _check_parameters(config, self.PARAMETERS)
-        self.pattern = _pattern_config(config, config.stream, parameters)
-        spec = context.shared_memory[config.stream]
-        self.generator = SyntheticPatternGenerator(self.pattern, spec.shape, spec.dtype)
-        self._pacer = _Pacer(self.pattern.rate_hz)
-
-    def read(self):
-        if self._pacer.wait(self.stop_requested):
-            return None
-        frame = self.generator.next_frame()
-        self._pacer.done(time.perf_counter())
-        return frame
-
-    def plugin_metrics(self) -> dict:
-        return {
-            "pattern": self.pattern.pattern,
-            "requested_rate_hz": self.pattern.rate_hz,
-            "frames_generated": self.generator.frame_index,
-        }
-
-
-class SyntheticFrameSetSource(Source):
-    """``synthetic.frame_set``: one generation of frames across >= 2 streams per call.
-
-    Parameters: ``rate_hz``, ``jitter_us`` (uniform random delay before each
-    stream's write), ``drop_probability`` (skip a stream's write this
-    generation), ``seed`` (stream i uses ``seed + i``), ``assign_frame_id``
-    (default true: generation g is written with frame id ``g + 1``) and the
-    pattern fields.  Used to exercise frame-id synchronisation.
-    """
-
-    kind = "synthetic.frame_set"
-    storages = _STORAGES
-    PARAMETERS = (
-        ("rate_hz", "jitter_us", "drop_probability", "assign_frame_id") + _PATTERN_PARAMETERS
-    )
-
-    @classmethod
-    def validate_config(cls, config, shared_memory) -> None:
-        if len(config.streams) < 2:
-            raise _source_error(config, f"needs at least 2 streams, got {len(config.streams)}")
-        _check_storages(config, shared_memory)
-        parameters = _check_parameters(config, cls.PARAMETERS)
-        cls._settings(config, parameters)
-        for index, name in enumerate(config.streams):
-            _pattern_config(config, name, parameters, index)
-
-    @staticmethod
-    def _settings(config, parameters) -> tuple[float, float, bool]:
-        jitter = parameters.get("jitter_us", 0.0)
-        if not _is_number(jitter) or not jitter >= 0 or not math.isfinite(jitter):
-            raise _source_error(
-                config, f"parameter jitter_us must be a number >= 0, got {jitter!r}"
-            )
-        drop = parameters.get("drop_probability", 0.0)
-        if not _is_number(drop) or not 0.0 <= drop <= 1.0:
-            raise _source_error(
-                config, f"parameter drop_probability must be a number in [0, 1], got {drop!r}"
-            )
-        assign = parameters.get("assign_frame_id", True)
-        if not isinstance(assign, bool):
-            raise _source_error(
-                config, f"parameter assign_frame_id must be true or false, got {assign!r}"
-            )
-        return float(jitter), float(drop), assign
-
-    def __init__(self, context) -> None:
-        super().__init__(context)
-        config = context.config
-        parameters = _check_parameters(config, self.PARAMETERS)
-        settings = self._settings(config, parameters)
-        self.jitter_us, self.drop_probability, self.assign_frame_id = settings
-        self.patterns = tuple(
-            _pattern_config(config, name, parameters, index)
-            for index, name in enumerate(config.streams)
-        )
-        self.generators = tuple(
-            SyntheticPatternGenerator(
-                pattern, context.shared_memory[pattern.stream_name].shape,
-                context.shared_memory[pattern.stream_name].dtype,
-            )
-            for pattern in self.patterns
-        )
-        self.rate_hz = self.patterns[0].rate_hz
-        # Jitter and drops draw from their own generator, apart from the patterns'.
-        self._rng = numpy.random.default_rng([self.patterns[0].seed, 0x6A17])
-        self._pacer = _Pacer(self.rate_hz)
-        self.generations = 0
-        self.per_stream_writes = {name: 0 for name in config.streams}
-        self.per_stream_drops = {name: 0 for name in config.streams}
-        self.last_skew_us = 0.0
-        self.max_skew_us = 0.0
-
-    def produce(self, writers) -> int:
-        if self._pacer.wait(self.stop_requested):
-            return 0
-        frame_id = self.generations + 1 if self.assign_frame_id else None
-        first = last = None
-        for pattern, generator in zip(self.patterns, self.generators):
-            name = pattern.stream_name
-            frame = generator.next_frame()  # every stream advances, written or not
-            if self.drop_probability and self._rng.random() < self.drop_probability:
-                self.per_stream_drops[name] += 1
-                continue
-            if self.jitter_us:
-                delay = self._rng.uniform(0.0, self.jitter_us) * 1e-6
-                sleep_until(time.perf_counter() + delay)
-            writers[name].write(frame, frame_id=frame_id)
-            last = time.perf_counter()
-            first = last if first is None else first
-            self.per_stream_writes[name] += 1
-        self.last_skew_us = 0.0 if first is None else (last - first) * 1e6
-        self.max_skew_us = max(self.max_skew_us, self.last_skew_us)
-        self.generations += 1
-        self._pacer.done(time.perf_counter())
-        return 1
-
-    def plugin_metrics(self) -> dict:
-        return {
-            "generations": self.generations,
-            "per_stream_writes": dict(self.per_stream_writes),
-            "per_stream_drops": dict(self.per_stream_drops),
-            "requested_rate_hz": self.rate_hz,
-            "jitter_us": self.jitter_us,
-            "drop_probability": self.drop_probability,
-            "last_skew_us": self.last_skew_us,
-            "max_skew_us": self.max_skew_us,
-        }

@@ -19,10 +19,9 @@ from shmpiped.config import SharedMemoryConfig, SourceConfig
 from shmpiped.endpoints import SourceController
 from shmpiped.errors import ConfigValidationError
 from shmpiped.kernels.base import SourceContext
+from shmpiped.sources import SyntheticArraySource, SyntheticFrameSetSource
 from shmpiped.synthetic import (
     PATTERNS,
-    SyntheticArraySource,
-    SyntheticFrameSetSource,
     SyntheticInputConfig,
     SyntheticInputController,
     SyntheticPatternGenerator,

@@ -54,8 +54,8 @@ BUILTIN_SINKS = (NullSink,)
 #: Built-in sources, resolved on first use. shmpiped/synthetic.py provides them;
 #: until that module exists, resolving one raises ImportError.
 BUILTIN_LAZY_SOURCES = {
-    "synthetic.array": "shmpiped.synthetic:SyntheticArraySource",
-    "synthetic.frame_set": "shmpiped.synthetic:SyntheticFrameSetSource",
+    "synthetic.array": "shmpiped.sources.array_source:SyntheticArraySource",
+    "synthetic.frame_set": "shmpiped.sources.frame_set_source:SyntheticFrameSetSource",
     "pyshmem.source": "shmpiped.pyshmem_bridge:PyshmemSource",
 }
 
