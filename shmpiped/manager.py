@@ -171,16 +171,14 @@ class PipelineManager(ChangesMixin, EndpointsMixin):
             self._failures.clear()
             self._last_metrics.clear()
             log.info("validating pipeline config")
-            from .validation import validate_pipeline_config
+            from .validation import raise_for_invalid
 
             if spawning.running_parent_main:
                 raise RuntimeError(
                     "a worker process re-ran the top-level code of your script to load a kernel class "
                     "defined in it, and that code builds a pipeline: put it under "
                     "`if __name__ == \"__main__\":`")
-            errors = validate_pipeline_config(self.config, self.registry)
-            if errors:
-                raise ConfigValidationError(errors[0], errors=errors)
+            raise_for_invalid(self.config, self.registry)
             self._check_loadable(self.config.kernels)
             # Its CPUs exist here, and its real-time privileges (required: refuse; else one warning).
             self.realtime_problems = realtime.check_pipeline(self.config)
@@ -396,10 +394,14 @@ class PipelineManager(ChangesMixin, EndpointsMixin):
                 handles.append(handle)
             if wait:
                 self._wait_started(handles, wait_s)
-            if self._state == PipelineState.FAILED and not self._failures:
-                paused = self._pause_event.is_set()
-                self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, "workers restarted")
+            self._leave_failed(reason="workers restarted")
             return names
+
+    def _leave_failed(self, reason: str) -> None:
+        """From ``failed`` back to ``running`` (``paused`` if it was paused) once no failure remains."""
+        if self._state == PipelineState.FAILED and not self._failures:
+            paused = self._pause_event.is_set()
+            self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, reason)
 
     # ------------------------------------------------------------------ streams
     def get_stream(self, name: str) -> Stream:

@@ -14,7 +14,6 @@ import time
 from . import realtime
 from .config import KernelConfig, PipelineConfig, SharedMemoryConfig
 from .errors import ConfigValidationError, StateTransitionError, WorkerProcessError
-from .shm.stream import Stream
 from .state import PipelineState
 from .streams import default_notify, provision_stream, write_initial_value
 
@@ -38,11 +37,9 @@ class ChangesMixin:
         with self._lock:
             self.poll_events()
             self._require("reconfigure", PipelineState.RUNNING, PipelineState.PAUSED, PipelineState.FAILED)
-            from .validation import validate_pipeline_config
+            from .validation import raise_for_invalid
 
-            errors = validate_pipeline_config(config, self.registry)
-            if errors:
-                raise ConfigValidationError(errors[0], errors=errors)
+            raise_for_invalid(config, self.registry)
             self.realtime_problems = realtime.check_pipeline(config)
             return Reconfiguration(self, config, timeout).begin()
 
@@ -61,9 +58,7 @@ class ChangesMixin:
 
     def _after_reconfiguration(self, reason: str) -> None:
         self._event("reconfigured", reason=reason)
-        if self._state == PipelineState.FAILED and not self._failures:
-            paused = self._pause_event.is_set()
-            self._set_state(PipelineState.PAUSED if paused else PipelineState.RUNNING, reason)
+        self._leave_failed(reason)
 
     def replace_kernel_config(self, kernel: KernelConfig) -> None:
         """Use ``kernel`` (same name) the next time that worker is (re)started."""
@@ -83,14 +78,11 @@ class ChangesMixin:
             candidate = self._candidate_with(kernel, shared_memory)
             kernel = candidate.kernels[-1]
             new_specs = candidate.shared_memory[len(self.config.shared_memory):]
-            from .validation import validate_pipeline_config
+            from .validation import raise_for_invalid
 
-            errors = validate_pipeline_config(candidate, self.registry)
-            if errors:
-                raise ConfigValidationError(errors[0], errors=errors)
+            raise_for_invalid(candidate, self.registry)
             self._check_loadable([kernel])
             previous = self.config
-            created: list[Stream] = []
             try:
                 notify = default_notify(candidate)
                 for spec in new_specs:
@@ -98,7 +90,6 @@ class ChangesMixin:
                                                            shared=self._block.shared)
                     self.streams[spec.name] = stream
                     if was_created:
-                        created.append(stream)
                         self.owned_streams.add(spec.name)
                     if spec.initial is not None:
                         write_initial_value(stream, spec, candidate)

@@ -246,15 +246,13 @@ class Daemon:
     def _load_config(self):
         from ..config import PipelineConfig
         from ..demo import demo_path
-        from ..validation import validate_pipeline_config
+        from ..validation import raise_for_invalid
 
         source = self.config_source or self.settings.pipeline or str(demo_path())  # POST /document/load moves it
         config = PipelineConfig.from_yaml(source)
         if self.settings.namespace:
             config = config.replace(namespace=self.settings.namespace)
-        errors = validate_pipeline_config(config)
-        if errors:
-            raise ConfigValidationError(errors[0], errors=errors)
+        raise_for_invalid(config)
         return source, config
 
     def _begin_reload(self) -> None:
