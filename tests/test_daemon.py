@@ -244,7 +244,8 @@ def test_sighup_reload_applies_valid_changes_and_survives_invalid_ones(tmp_path,
         write_pipeline(path, namespace, parameters="{factor: 3.0}", pattern="constant")
         daemon.process.send_signal(signal.SIGHUP)
         wait_for(lambda: output.read().tolist() == [3.0] * 4, timeout=20)
-        assert daemon.status()["daemon"]["reload_error"] is None
+        # The new worker writes before the reload is committed and the next snapshot published.
+        wait_for(lambda: daemon.status()["daemon"]["reload_error"] is None, timeout=10)
         assert "reload: reconfigured: kernels (re)started: stage" in daemon.output
     finally:
         output.close()
